@@ -1,0 +1,270 @@
+"""Difficulty-aware rollout budgets: E3 Algorithm 1 with the fixes of DESIGN.md 2.1.
+
+E3 (Liao et al., arXiv 2505.18573, section 3.1, Algorithm 1): prompts are ranked by cumulative accuracy at every
+epoch end, highest first, and get difficulty k_i = rank_i / |D| (easy -> 0, hard -> 1). A batch of B prompts with
+total budget N = B * G is then split as
+
+    n_i = n_min + floor(R * k_i / sum_j k_j) (+ leftover one at a time in descending k),  R = N - B * n_min,
+
+and the bounds move every epoch: n_min = max(n_min - n_update, n_low), n_max = min(n_max + n_update, n_high).
+
+Our fixes of the authors' code: ties in the ranking are broken by a seeded generator (not dataset order); the cap
+n_max holds in every step (what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder
+prompt never gets fewer than an easier one; n_i >= 2 (a group of one has no baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+MIN_GROUP = 2
+
+
+def _check_budget(size: int, total: int, n_min: int, n_max: int) -> None:
+    if n_min < MIN_GROUP:
+        raise ValueError(f"n_min={n_min} < {MIN_GROUP}: a group of one rollout has no GRPO baseline")
+    if n_max < n_min:
+        raise ValueError(f"n_max={n_max} < n_min={n_min}")
+    if total < size * n_min:
+        raise ValueError(f"total={total} < {size} prompts x n_min={n_min} = {size * n_min}: budget cannot be met")
+    if total > size * n_max:
+        raise ValueError(f"total={total} > {size} prompts x n_max={n_max} = {size * n_max}: budget cannot be spent")
+
+
+def allocate_rollouts(difficulty, total: int, n_min: int, n_max: int) -> np.ndarray:
+    """Split ``total`` rollouts over prompts in proportion to ``difficulty`` (E3 Alg. 1, capped).
+
+    ``difficulty`` holds k_i in [0, 1] (higher = harder). Returns int64 n_i with sum == total,
+    n_min <= n_i <= n_max, and k_i > k_j  =>  n_i >= n_j. All k zero spreads the remainder evenly.
+    Raises ``ValueError`` with the numbers when the budget is infeasible.
+    """
+    k = np.asarray(difficulty, dtype=np.float64).ravel()
+    total, n_min, n_max = int(total), int(n_min), int(n_max)
+    _check_budget(k.size, total, n_min, n_max)
+    if not np.all(np.isfinite(k)) or np.any(k < 0):
+        raise ValueError("difficulty must be finite and >= 0")
+    n = np.full(k.size, n_min, dtype=np.int64)
+    remaining = total - k.size * n_min
+    # Water-filling: proportional floors among prompts below the cap; redistribute what capped prompts can't take.
+    while remaining > 0:
+        open_ = n < n_max
+        weights = np.where(open_, k, 0.0)
+        if weights.sum() <= 0:
+            weights = open_.astype(np.float64)
+        share = np.floor(remaining * weights / weights.sum()).astype(np.int64)
+        share = np.minimum(share, n_max - n)
+        if share.sum() == 0:
+            break
+        n += share
+        remaining -= int(share.sum())
+    if remaining > 0:
+        # Leftover (< number of open prompts): one each in descending difficulty; stable order keeps ties fair.
+        order = np.argsort(-k, kind="stable")
+        for i in order:
+            if remaining == 0:
+                break
+            if n[i] < n_max:
+                n[i] += 1
+                remaining -= 1
+    return n
+
+
+def uniform_rollouts(size: int, total: int, n_min: int, n_max: int, difficulty=None) -> np.ndarray:
+    """Even split of ``total``; the remainder goes to the hardest prompts (or the first, without difficulty)."""
+    _check_budget(size, total, n_min, n_max)
+    base, extra = divmod(int(total), size) if size else (0, 0)
+    n = np.full(size, base, dtype=np.int64)
+    order = np.arange(size) if difficulty is None else np.argsort(-np.asarray(difficulty, float), kind="stable")
+    n[order[:extra]] += 1
+    return n
+
+
+class DifficultyTracker:
+    """Cumulative per-prompt accuracy (key: dataset row index) and the epoch-end ranking k_i = rank_i / |D|."""
+
+    def __init__(self, prior_accuracy: float = 0.0, seed: int = 0):
+        self.prior_accuracy = float(prior_accuracy)
+        self._rng = np.random.default_rng(seed)
+        self._sum: dict[int, float] = {}
+        self._count: dict[int, int] = {}
+        self._rank: dict[int, float] = {}
+        self._ranked_acc = np.empty(0)  # accuracies of the last ranking, sorted descending
+        self.epochs_ranked = 0
+
+    def observe(self, indices: Iterable, rewards: Iterable) -> None:
+        """Add one reward per rollout; ``indices[i]`` is the prompt index of rollout i."""
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices).ravel()
+        rew = np.asarray(rewards, dtype=np.float64).ravel()
+        if idx.shape != rew.shape:
+            raise ValueError(f"observe: {idx.size} indices but {rew.size} rewards")
+        for i, r in zip(idx.tolist(), rew.tolist()):
+            self._sum[i] = self._sum.get(i, 0.0) + r
+            self._count[i] = self._count.get(i, 0) + 1
+
+    def accuracy(self, indices: Iterable) -> np.ndarray:
+        """Cumulative mean reward per prompt; ``prior_accuracy`` for never-seen prompts."""
+        return np.array([self._sum[i] / self._count[i] if self._count.get(i) else self.prior_accuracy
+                         for i in np.asarray(list(indices)).ravel().tolist()], dtype=np.float64)
+
+    def counts(self, indices: Iterable) -> np.ndarray:
+        return np.array([self._count.get(i, 0) for i in np.asarray(list(indices)).ravel().tolist()], dtype=np.int64)
+
+    def end_epoch(self, indices: Iterable) -> None:
+        """Rank all dataset prompts by accuracy, highest first, random tie-break: k_i = rank_i / |D|."""
+        idx = np.asarray(list(indices)).ravel()
+        if idx.size == 0:
+            return
+        acc = self.accuracy(idx)
+        tiebreak = self._rng.random(idx.size)
+        order = np.lexsort((tiebreak, -acc))  # primary: accuracy descending; ties: seeded random
+        ranks = np.empty(idx.size, dtype=np.float64)
+        ranks[order] = np.arange(idx.size) / idx.size
+        self._rank = dict(zip(idx.tolist(), ranks.tolist()))
+        self._ranked_acc = acc[order]
+        self.epochs_ranked += 1
+
+    def difficulty(self, indices: Iterable) -> np.ndarray:
+        """k_i from the last ranking; a prompt outside it is placed by its accuracy (prior if never seen).
+
+        Before the first ranking every prompt has k = 0 (the allocator then spreads evenly).
+        """
+        idx = np.asarray(list(indices)).ravel().tolist()
+        if not self._rank:
+            return np.zeros(len(idx))
+        out = np.empty(len(idx))
+        n_ranked = self._ranked_acc.size
+        for j, i in enumerate(idx):
+            if i in self._rank:
+                out[j] = self._rank[i]
+            else:  # number of ranked prompts strictly easier (higher accuracy) than this one
+                a = self.accuracy([i])[0]
+                out[j] = np.count_nonzero(self._ranked_acc > a) / n_ranked
+        return out
+
+    def state_dict(self) -> dict:
+        return {"prior_accuracy": self.prior_accuracy, "rng": self._rng.bit_generator.state,
+                "sum": dict(self._sum), "count": dict(self._count), "rank": dict(self._rank),
+                "ranked_acc": self._ranked_acc.tolist(), "epochs_ranked": self.epochs_ranked}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prior_accuracy = float(state["prior_accuracy"])
+        self._rng.bit_generator.state = state["rng"]
+        self._sum = dict(state["sum"])
+        self._count = {k: int(v) for k, v in state["count"].items()}
+        self._rank = dict(state["rank"])
+        self._ranked_acc = np.asarray(state["ranked_acc"], dtype=np.float64)
+        self.epochs_ranked = int(state["epochs_ranked"])
+
+    def metrics(self) -> dict[str, float]:
+        seen = len(self._count)
+        mean_acc = float(np.mean([self._sum[i] / self._count[i] for i in self._count])) if seen else 0.0
+        return {"difficulty/prompts_seen": seen, "difficulty/mean_accuracy": mean_acc,
+                "difficulty/epochs_ranked": self.epochs_ranked}
+
+
+class RolloutSchedule:
+    """Per-epoch bounds: start at [n, n]; each epoch end n_min -= n_update (>= n_low), n_max += n_update (<= n_high)."""
+
+    def __init__(self, n: int, n_update: int = 2, n_low: int = 4, n_high: int = 12):
+        if not (MIN_GROUP <= n_low <= n <= n_high):
+            raise ValueError(f"need {MIN_GROUP} <= n_low={n_low} <= n={n} <= n_high={n_high}")
+        if n_update < 0:
+            raise ValueError(f"n_update={n_update} must be >= 0")
+        self.n, self.n_update, self.n_low, self.n_high = int(n), int(n_update), int(n_low), int(n_high)
+        self.n_min = self.n_max = self.n
+
+    def end_epoch(self) -> None:
+        self.n_min = max(self.n_min - self.n_update, self.n_low)
+        self.n_max = min(self.n_max + self.n_update, self.n_high)
+
+    def state_dict(self) -> dict:
+        return {"n_min": self.n_min, "n_max": self.n_max}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.n_min, self.n_max = int(state["n_min"]), int(state["n_max"])
+
+
+# A policy maps (tracker, prompt indices, total, n_min, n_max) to per-prompt budgets.
+Policy = Callable[[DifficultyTracker, np.ndarray, int, int, int], np.ndarray]
+
+
+def _e3_policy(tracker, indices, total, n_min, n_max):
+    return allocate_rollouts(tracker.difficulty(indices), total, n_min, n_max)
+
+
+def _uniform_policy(tracker, indices, total, n_min, n_max):
+    return uniform_rollouts(len(indices), total, n_min, n_max, tracker.difficulty(indices))
+
+
+POLICIES: dict[str, Policy] = {"e3": _e3_policy, "uniform": _uniform_policy}
+
+
+def register_policy(name: str, policy: Policy) -> None:
+    """Make an allocation policy selectable as ``e3.allocation.policy=<name>``."""
+    POLICIES[name] = policy
+
+
+class RolloutAllocator:
+    """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns."""
+
+    def __init__(self, n: int, policy: str = "e3", enable: bool = True, n_update: int = 2, n_low: int = 4,
+                 n_high: int = 12, prior_accuracy: float = 0.0, seed: int = 0):
+        if enable:
+            _load_optional_policies()
+            if policy not in POLICIES:
+                raise ValueError(f"unknown allocation policy {policy!r} (known: {', '.join(POLICIES)})")
+            self.schedule = RolloutSchedule(n, n_update, n_low, n_high)
+        else:
+            self.schedule = RolloutSchedule(n, 0, n, n)
+        self.n, self.policy, self.enable = int(n), policy, bool(enable)
+        self.tracker = DifficultyTracker(prior_accuracy, seed)
+        self._last = np.empty(0, dtype=np.int64)
+
+    @classmethod
+    def from_config(cls, cfg, n: int) -> "RolloutAllocator":
+        return cls(n, cfg.policy, cfg.enable, cfg.n_update, cfg.n_low, cfg.n_high, cfg.prior_accuracy, cfg.seed)
+
+    def allocate(self, indices, total: int | None = None) -> np.ndarray:
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices).ravel()
+        total = len(idx) * self.n if total is None else int(total)
+        if not self.enable:
+            out = uniform_rollouts(len(idx), total, self.n, self.n)
+        else:
+            out = np.asarray(POLICIES[self.policy](self.tracker, idx, total, self.schedule.n_min,
+                                                   self.schedule.n_max), dtype=np.int64)
+        self._last = out
+        return out
+
+    def observe(self, indices, rewards) -> None:
+        self.tracker.observe(indices, rewards)
+
+    def end_epoch(self, all_indices) -> None:
+        self.tracker.end_epoch(all_indices)
+        self.schedule.end_epoch()
+
+    def state_dict(self) -> dict:
+        return {"tracker": self.tracker.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def metrics(self) -> dict:
+        n = self._last
+        out = {"rollout/n_min": self.schedule.n_min, "rollout/n_max": self.schedule.n_max,
+               "rollout/n_total": int(n.sum()), "rollout/n_hist": n.tolist()}
+        if n.size:
+            out.update({"rollout/n_alloc_min": int(n.min()), "rollout/n_alloc_max": int(n.max()),
+                        "rollout/n_alloc_std": float(n.std())})
+        out.update(self.tracker.metrics())
+        return out
+
+
+def _load_optional_policies() -> None:
+    """Import modules that register extra policies (kept out of this file to stay short)."""
+    try:
+        import e3.allocation_informative  # noqa: F401  (registers "informative")
+    except ImportError:
+        pass

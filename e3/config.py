@@ -1,0 +1,224 @@
+"""One typed config for every E3 / PREPO controller.
+
+Defaults are the papers' values: E3 (arXiv 2505.18573) section 4 — rollout.n = 8, budget schedule n_update 2,
+n_low 4, n_high 12; temperature scheduler on from tau_0 = 1.0 with annealing over the last 40 % of steps to
+eta = 0.9 of the initial entropy. PREPO (arXiv 2511.00794) — window K/|B| = 20 %; both PREPO pieces are off
+by default so the default run is E3. Every field is documented where it is declared; ``E3Config.from_dict``
+validates on load and names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+ALLOCATION_POLICIES = ("e3", "uniform", "informative")
+
+
+@dataclass
+class AllocationConfig:
+    """Difficulty-aware rollout budgets (E3 Algorithm 1 and the epoch schedule, E3 section 3.1)."""
+
+    enable: bool = True
+    """Dynamic rollout (DR). Off: every prompt gets exactly ``rollout.n`` samples."""
+    policy: str = "e3"
+    """``e3`` (rank-proportional, Alg. 1), ``informative`` (maximise expected mixed-outcome rollouts) or ``uniform``."""
+    n_update: int = 2
+    """After each epoch n_min -= n_update and n_max += n_update (within [n_low, n_high])."""
+    n_low: int = 4
+    """Lowest per-prompt budget the schedule reaches (paper: 4). Must be >= 2 (a group of 1 has no baseline)."""
+    n_high: int = 12
+    """Highest per-prompt budget the schedule reaches (paper: 12)."""
+    prior_accuracy: float = 0.0
+    """Accuracy assumed for never-seen prompts (E3 counts them as 0, i.e. hardest)."""
+    seed: int = 0
+    """Seed of the random tie-breaking in the epoch-end difficulty ranking."""
+
+    def validate(self) -> None:
+        _check(self.policy in ALLOCATION_POLICIES, "allocation.policy", f"must be one of {ALLOCATION_POLICIES}, got {self.policy!r}")
+        _check(self.n_update >= 0, "allocation.n_update", f"must be >= 0, got {self.n_update}")
+        _check(self.n_low >= 2, "allocation.n_low", f"must be >= 2 (a group of one has no baseline), got {self.n_low}")
+        _check(self.n_high >= self.n_low, "allocation.n_high", f"must be >= n_low={self.n_low}, got {self.n_high}")
+        _check(0.0 <= self.prior_accuracy <= 1.0, "allocation.prior_accuracy", f"must be in [0, 1], got {self.prior_accuracy}")
+
+
+@dataclass
+class TemperatureConfig:
+    """Entropy-targeting temperature scheduler (E3 Eq. 4) with cosine annealing of the target (Eq. 5)."""
+
+    enable: bool = True
+    """Temperature scheduling (TS). Off: sampling stays at ``init_temperature``; entropy is still logged."""
+    init_temperature: float = 1.0
+    """tau_0, also the temperature of the warm-up steps that define the target entropy."""
+    warmup_steps: int = 1
+    """Steps at tau_0 whose mean entropy is the target H_init."""
+    anneal: bool = True
+    """Annealing (AN): lower the target over the last ``anneal_ratio`` of training."""
+    anneal_ratio: float = 0.4
+    """Fraction of max_steps at the end over which the target is annealed (paper: 0.4)."""
+    anneal_floor: float = 0.9
+    """eta: the annealed target ends at eta * H_init (paper: 0.9; 0.8 and 0.85 were unstable)."""
+    tau_min: float = 0.5
+    """Lower clamp of the temperature (our fix: the paper's update is unbounded)."""
+    tau_max: float = 2.0
+    """Upper clamp of the temperature."""
+
+    def validate(self) -> None:
+        _check(self.init_temperature > 0, "temperature.init_temperature", f"must be > 0, got {self.init_temperature}")
+        _check(self.warmup_steps >= 1, "temperature.warmup_steps", f"must be >= 1, got {self.warmup_steps}")
+        _check(0.0 < self.anneal_ratio <= 1.0, "temperature.anneal_ratio", f"must be in (0, 1], got {self.anneal_ratio}")
+        _check(0.0 < self.anneal_floor <= 1.0, "temperature.anneal_floor", f"must be in (0, 1], got {self.anneal_floor}")
+        _check(0 < self.tau_min <= self.tau_max, "temperature.tau_min", f"need 0 < tau_min <= tau_max, got {self.tau_min}, {self.tau_max}")
+        _check(self.tau_min <= self.init_temperature <= self.tau_max, "temperature.init_temperature",
+               f"must lie in [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}], got {self.init_temperature}")
+
+
+@dataclass
+class CurriculumConfig:
+    """PREPO perplexity-paced prompt window (PREPO section 3.1)."""
+
+    enable: bool = False
+    """Pace prompts from low to high perplexity."""
+    window_ratio: float = 0.2
+    """K / |B|: the train batch is this fraction of the scored candidate batch (paper: 20 %)."""
+    mode: str = "online"
+    """``online``: score each candidate batch under the current policy; ``offline``: score the dataset once."""
+
+    def validate(self) -> None:
+        _check(0.0 < self.window_ratio <= 1.0, "curriculum.window_ratio", f"must be in (0, 1], got {self.window_ratio}")
+        _check(self.mode in ("online", "offline"), "curriculum.mode", f"must be 'online' or 'offline', got {self.mode!r}")
+
+
+@dataclass
+class WeightingConfig:
+    """PREPO relative-entropy rollout weights w_i = H_i / mean(H) (PREPO section 3.2)."""
+
+    enable: bool = False
+    """Multiply each rollout's advantage by its relative entropy."""
+    token_weighted: bool = False
+    """Normalise by the token-weighted batch mean instead of the plain mean over rollouts."""
+    clip_min: Optional[float] = None
+    """Optional lower clip of the weights (None: no clip)."""
+    clip_max: Optional[float] = None
+    """Optional upper clip of the weights (None: no clip)."""
+
+    def validate(self) -> None:
+        for name in ("clip_min", "clip_max"):
+            v = getattr(self, name)
+            _check(v is None or (math.isfinite(v) and v >= 0), f"weighting.{name}", f"must be None or finite >= 0, got {v}")
+        if self.clip_min is not None and self.clip_max is not None:
+            _check(self.clip_min <= self.clip_max, "weighting.clip_min", f"must be <= clip_max={self.clip_max}")
+
+
+@dataclass
+class AdvantageConfig:
+    """GRPO advantages over groups of unequal size, optional E3 length bias."""
+
+    eps: float = 1e-6
+    """Added to the group std (N-1 normalised) in A = (s - mean) / (std + eps)."""
+    length_bias: bool = False
+    """E3 README: for easy prompts (rank <= threshold) a correct reward becomes 1 / (1 + coeff * length)."""
+    length_penalty_coeff: float = 0.001
+    """mu in 1 - mu*l / (1 + mu*l)."""
+    length_rank_threshold: float = 0.1
+    """Prompts with difficulty k <= this get the length bias."""
+
+    def validate(self) -> None:
+        _check(self.eps > 0, "advantage.eps", f"must be > 0, got {self.eps}")
+        _check(self.length_penalty_coeff >= 0, "advantage.length_penalty_coeff", f"must be >= 0, got {self.length_penalty_coeff}")
+        _check(0 <= self.length_rank_threshold <= 1, "advantage.length_rank_threshold", f"must be in [0, 1], got {self.length_rank_threshold}")
+
+
+@dataclass
+class RewardConfig:
+    """Bounds of the math-verify reward."""
+
+    timeout: float = 5.0
+    """Seconds one compute_score call may take; a call past it scores 0 and is counted."""
+    workers: Optional[int] = None
+    """Processes of the batch scorer (None: all cores)."""
+
+    def validate(self) -> None:
+        _check(self.timeout > 0, "reward.timeout", f"must be > 0, got {self.timeout}")
+        _check(self.workers is None or self.workers >= 1, "reward.workers", f"must be None or >= 1, got {self.workers}")
+
+
+@dataclass
+class E3Config:
+    """All controller settings; the ``e3:`` section of every engine config."""
+
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def validate(self) -> "E3Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Optional[dict[str, Any]], where: str = "e3") -> "E3Config":
+        """Build and validate from a nested dict (e.g. ``OmegaConf.to_container(cfg.e3)``).
+
+        Unknown keys and wrong types raise ``ValueError`` naming ``where.section.key``.
+        """
+        data = dict(data or {})
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sections)})")
+        kwargs = {}
+        for name, f in sections.items():
+            sub = data.get(name) or {}
+            if not isinstance(sub, dict):
+                raise ValueError(f"config key {where}.{name} must be a mapping, got {type(sub).__name__}")
+            kwargs[name] = _build(f.default_factory, sub, f"{where}.{name}")
+        try:
+            return cls(**kwargs).validate()
+        except ValueError as err:
+            raise ValueError(f"invalid config: {where}.{err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(section_cls, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(section_cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown config key {where}.{key} (known: {', '.join(known)})")
+        default = getattr(section_cls(), key)
+        values[key] = _coerce(value, default, f"{where}.{key}")
+    return section_cls(**values)
+
+
+def _coerce(value, default, where):
+    if value is None or default is None:
+        return value if not isinstance(value, int) or isinstance(value, bool) or default is None else value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {where} must be true/false, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {where} must be an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"config key {where} must be a number, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"config key {where} must be a string, got {value!r}")
+    return value
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{key} {message}")

@@ -1,0 +1,153 @@
+"""The driver-side facade that both engines use: one object owns every E3 / PREPO controller.
+
+Per step an engine asks ``plan(indices)`` for the decisions (per-prompt budgets n_i from E3 Alg. 1, the sampling
+temperature from E3 Eq. 4-5), samples and scores, asks ``advantages(...)`` for GRPO advantages over the unequal
+groups (times PREPO relative-entropy weights, with E3's optional length bias), and reports back with
+``observe(...)``, which updates difficulty and temperature and returns the step's metrics under the names both
+engines log. With the PREPO curriculum on, ``select_window(perplexities)`` picks the paced window first.
+Engines stay algorithm-blind: they only carry these decisions (principle 3 of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from e3.advantage import grpo_advantages, length_bias_scores
+from e3.allocation import RolloutAllocator
+from e3.config import E3Config
+from e3.curriculum import PerplexityPacer
+from e3.metrics import group_stats
+from e3.temperature import TemperatureScheduler
+from e3.weighting import relative_entropy_weights
+
+
+@dataclass
+class StepPlan:
+    """Decisions for one step: prompt indices, rollouts per prompt, sampling temperature."""
+
+    indices: np.ndarray
+    n_per_prompt: np.ndarray
+    temperature: float
+
+    @property
+    def total(self) -> int:
+        return int(self.n_per_prompt.sum())
+
+    def rollout_indices(self) -> np.ndarray:
+        """The prompt index of each rollout, prompts in order, n_i copies each."""
+        return np.repeat(self.indices, self.n_per_prompt)
+
+
+class E3Controller:
+    """All controllers of one run. ``n`` = rollout.n (mean budget), ``batch_size`` = prompts per step."""
+
+    def __init__(self, cfg: E3Config, n: int, vocab_size: int, max_steps: int | None = None,
+                 dataset_indices=None, batch_size: int | None = None):
+        self.cfg = cfg.validate()
+        self.n = int(n)
+        self.allocator = RolloutAllocator.from_config(cfg.allocation, n)
+        t = cfg.temperature
+        self.scheduler = TemperatureScheduler(
+            vocab_size, t.init_temperature, t.warmup_steps, max_steps, anneal=t.enable and t.anneal,
+            anneal_ratio=t.anneal_ratio, anneal_floor=t.anneal_floor, tau_min=t.tau_min, tau_max=t.tau_max)
+        self.pacer = None
+        if cfg.curriculum.enable and cfg.curriculum.mode == "online":
+            if batch_size is None or max_steps is None:
+                raise ValueError("the online PREPO curriculum needs batch_size and max_steps")
+            self.pacer = PerplexityPacer(batch_size, max_steps, cfg.curriculum.window_ratio)
+        self.dataset_indices = None if dataset_indices is None else np.asarray(dataset_indices).ravel()
+        self.step = 0
+        self.epoch = 0
+        self._plan: StepPlan | None = None
+        self._extra: dict = {}
+
+    @property
+    def temperature(self) -> float:
+        return self.scheduler.temperature if self.cfg.temperature.enable else self.cfg.temperature.init_temperature
+
+    @property
+    def num_candidates(self) -> int | None:
+        """Candidate prompts to score per step when the online curriculum is on (else None)."""
+        return None if self.pacer is None else self.pacer.num_candidates
+
+    def select_window(self, perplexities) -> np.ndarray:
+        """PREPO: positions (into the candidate list) of the paced window for the coming step."""
+        if self.pacer is None:
+            raise RuntimeError("select_window needs e3.curriculum.enable=true with mode=online")
+        return self.pacer.select(perplexities, self.step)
+
+    def plan(self, indices, total: int | None = None) -> StepPlan:
+        idx = np.asarray(indices).ravel()
+        n = self.allocator.allocate(idx, total)
+        self._plan = StepPlan(idx, n, self.temperature)
+        return self._plan
+
+    def advantages(self, scores, rollout_indices, entropies=None, lengths=None) -> np.ndarray:
+        """GRPO advantages over the groups given by ``rollout_indices`` (x PREPO weights when enabled).
+
+        ``entropies``: per-rollout token-mean entropy (needed for weighting); ``lengths``: response tokens
+        (token-weighted mean and length bias).
+        """
+        a = self.cfg.advantage
+        s = np.asarray(scores, dtype=np.float64)
+        if a.length_bias:
+            if lengths is None:
+                raise ValueError("advantage.length_bias needs response lengths")
+            k = self.allocator.tracker.difficulty(rollout_indices)
+            s = length_bias_scores(s, lengths, k, a.length_penalty_coeff, a.length_rank_threshold)
+        adv = grpo_advantages(s, rollout_indices, a.eps)
+        self._extra = {}
+        w_cfg = self.cfg.weighting
+        if w_cfg.enable:
+            if entropies is None:
+                raise ValueError("e3.weighting needs per-rollout entropies")
+            w = relative_entropy_weights(entropies, lengths if w_cfg.token_weighted else None,
+                                         (w_cfg.clip_min, w_cfg.clip_max))
+            adv = adv * w
+            self._extra = {"weights/mean": float(w.mean()), "weights/min": float(w.min()),
+                           "weights/max": float(w.max()), "weights/std": float(w.std())} if w.size else {}
+        return adv
+
+    def observe(self, rollout_indices, scores, entropy: float) -> dict:
+        """Close the step: difficulty from per-rollout correctness, temperature from the reduced entropy.
+
+        Returns the step's metrics (shared names: step, rollout/*, reward/mean, groups/*).
+        """
+        idx = np.asarray(rollout_indices).ravel()
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        used_tau = self._plan.temperature if self._plan is not None else self.temperature
+        self.allocator.observe(idx, s)
+        self.step += 1
+        self.scheduler.step(entropy)
+        out = {"step": self.step, "rollout/temperature": used_tau, "rollout/next_temperature": self.temperature,
+               "rollout/entropy": float(entropy), "rollout/target_entropy": self.scheduler.target_entropy,
+               "rollout/invalid_entropy": self.scheduler.invalid_entropy,
+               "reward/mean": float(s.mean()) if s.size else float("nan")}
+        out.update(self.allocator.metrics())
+        stats = group_stats(s, idx)
+        out.update({f"groups/{k}": v for k, v in stats.items()})
+        if self.pacer is not None:
+            out.update(self.pacer.metrics())
+        out.update(self._extra)
+        return out
+
+    def end_epoch(self) -> None:
+        """Rank all prompts seen in the dataset and widen the budget bounds (E3 schedule)."""
+        if self.dataset_indices is None:
+            raise RuntimeError("end_epoch needs dataset_indices (all prompt indices of the training set)")
+        self.allocator.end_epoch(self.dataset_indices)
+        self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "allocator": self.allocator.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "pacer": None if self.pacer is None else self.pacer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.allocator.load_state_dict(state["allocator"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.pacer is not None and state.get("pacer") is not None:
+            self.pacer.load_state_dict(state["pacer"])
