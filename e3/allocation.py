@@ -22,7 +22,7 @@ import numpy as np
 MIN_GROUP = 2
 
 
-def _check_budget(size: int, total: int, n_min: int, n_max: int) -> None:
+def check_budget(size: int, total: int, n_min: int, n_max: int) -> None:
     if n_min < MIN_GROUP:
         raise ValueError(f"n_min={n_min} < {MIN_GROUP}: a group of one rollout has no GRPO baseline")
     if n_max < n_min:
@@ -42,7 +42,7 @@ def allocate_rollouts(difficulty, total: int, n_min: int, n_max: int) -> np.ndar
     """
     k = np.asarray(difficulty, dtype=np.float64).ravel()
     total, n_min, n_max = int(total), int(n_min), int(n_max)
-    _check_budget(k.size, total, n_min, n_max)
+    check_budget(k.size, total, n_min, n_max)
     if not np.all(np.isfinite(k)) or np.any(k < 0):
         raise ValueError("difficulty must be finite and >= 0")
     n = np.full(k.size, n_min, dtype=np.int64)
@@ -73,7 +73,7 @@ def allocate_rollouts(difficulty, total: int, n_min: int, n_max: int) -> np.ndar
 
 def uniform_rollouts(size: int, total: int, n_min: int, n_max: int, difficulty=None) -> np.ndarray:
     """Even split of ``total``; the remainder goes to the hardest prompts (or the first, without difficulty)."""
-    _check_budget(size, total, n_min, n_max)
+    check_budget(size, total, n_min, n_max)
     base, extra = divmod(int(total), size) if size else (0, 0)
     n = np.full(size, base, dtype=np.int64)
     order = np.arange(size) if difficulty is None else np.argsort(-np.asarray(difficulty, float), kind="stable")

@@ -1,0 +1,122 @@
+"""bench/allocation.py: runs in --quick mode, prints the table and last line, writes consistent JSON."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "allocation.py"
+SHARED = ROOT.parent / "shared" / "data" / "e3" / "all_data.parquet"
+LAST = re.compile(r"^best informative-rollout ratio vs uniform at \[4,12\]: (\d+\.\d\d) \(policy (\w+)\)$")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_allocation", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "alloc.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--synthetic", "--output", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_quick_run_prints_table_and_last_line(quick):
+    stdout, result = quick
+    lines = stdout.strip().splitlines()
+    match = LAST.match(lines[-1])
+    assert match, lines[-1]
+    assert match.group(2) == result["best_412"]["policy"]
+    assert float(match.group(1)) == pytest.approx(result["best_412"]["ratio"], abs=0.005)
+    assert "synthetic Beta mixture" in lines[0]
+    for policy, caps in [("uniform", "[8,8]"), ("e3", "[4,12]"), ("informative", "[4,12]"), ("oracle", "[2,16]"),
+                         ("informative", "[2,32]")]:
+        assert any(re.match(rf"^{policy}\s+{re.escape(caps)}\s", line) for line in lines), (policy, caps)
+
+
+def test_json_shape_and_uniform_baseline(quick):
+    _, result = quick
+    rows = result["rows"]
+    keys = {(r["policy"], tuple(r["caps"])) for r in rows}
+    assert keys == {("uniform", (8, 8))} | {(p, c) for p in ("e3", "informative", "oracle")
+                                             for c in ((4, 12), (2, 16), (2, 32))}
+    for r in rows:
+        assert r["schedule"][0] == [8, 8] and r["schedule"][-1] == (r["caps"] if r["policy"] != "uniform" else [8, 8])
+        assert r["measured_epochs"] == [result["epochs"]]
+        for block in ("widest", "ratio", "all_epochs", "all_epochs_ratio"):
+            for metric in ("informative", "expected_informative", "all_wrong", "all_correct"):
+                entry = r[block][metric]
+                assert len(entry["per_seed"]) == result["seeds"]
+                assert entry["mean"] == pytest.approx(np.mean(entry["per_seed"]))
+    uniform = next(r for r in rows if r["policy"] == "uniform")
+    for metric, entry in uniform["ratio"].items():
+        assert entry["per_seed"] == [1.0] * result["seeds"], metric
+    # budgets are equal, so shares are comparable; fractions are fractions
+    for r in rows:
+        assert 0.0 < r["widest"]["informative"]["mean"] < 1.0
+        assert r["widest"]["all_wrong"]["mean"] + r["widest"]["all_correct"]["mean"] < 1.0
+
+
+def test_informative_policy_beats_uniform_in_expectation(quick):
+    _, result = quick
+    rows = {(r["policy"], tuple(r["caps"])): r for r in result["rows"]}
+    base = rows[("uniform", (8, 8))]["widest"]["expected_informative"]["per_seed"]
+    for caps in ((4, 12), (2, 16), (2, 32)):
+        ours = rows[("informative", caps)]["widest"]["expected_informative"]["per_seed"]
+        oracle = rows[("oracle", caps)]["widest"]["expected_informative"]["per_seed"]
+        assert all(o >= b for o, b in zip(ours, base)), caps
+        assert all(c >= o - 1e-9 for c, o in zip(oracle, ours)), caps  # the oracle optimises the true expectation
+    best = max((rows[(p, (4, 12))]["ratio"]["informative"]["mean"], p) for p in ("e3", "informative"))
+    assert result["best_412"] == {"policy": best[1], "ratio": best[0]}
+
+
+def test_custom_data_with_pass_rate_column(tmp_path, capsys):
+    bench = load_bench()
+    path = tmp_path / "rates.json"
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"q": range(300), "solve": rng.random(300)}).to_json(path, orient="records")
+    assert bench.main(["--data", str(path), "--pass-rate-column", "solve", "--quick", "--seeds", "1",
+                       "--prompts", "128"]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: 300 questions" in out
+    assert LAST.match(out.strip().splitlines()[-1])
+
+
+def test_bad_data_names_file_row_and_field(tmp_path, capsys):
+    bench = load_bench()
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame({"level": [0, 3, 11, 10]}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"bad\.parquet: row 2: field 'level' = 11"):
+        bench.load_pass_rates(path)
+    assert bench.main(["--data", str(path), "--quick"]) == 2
+    assert "row 2" in capsys.readouterr().err
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('[{"pass_rate": 0.5}, {"pass_rate": "x"}]')
+    with pytest.raises(ValueError, match=r"bad\.json: row 1: field 'pass_rate'"):
+        bench.load_pass_rates(bad_json)
+    with pytest.raises(ValueError, match="no pass-rate column"):
+        bench.load_pass_rates(bad_json, column="p")
+    good = tmp_path / "ok.parquet"
+    pd.DataFrame({"level": [0, 3, 10]}).to_parquet(good)
+    np.testing.assert_allclose(bench.load_pass_rates(good), [1.0, 0.7, 0.0])  # p = 1 - level / 10
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared E3 data not present")
+def test_quick_run_on_shared_e3_difficulties(capsys):
+    bench = load_bench()
+    assert bench.main(["--quick", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "all_data.parquet: 15888 questions" in out
+    assert LAST.match(out.strip().splitlines()[-1])
