@@ -48,17 +48,18 @@ def allocate_rollouts(difficulty, total: int, n_min: int, n_max: int) -> np.ndar
     n = np.full(k.size, n_min, dtype=np.int64)
     remaining = total - k.size * n_min
     # Water-filling: proportional floors among prompts below the cap; redistribute what capped prompts can't take.
+    # Alg. 1 makes one proportional pass; we repeat it only to redistribute what the cap cut off.
     while remaining > 0:
         open_ = n < n_max
         weights = np.where(open_, k, 0.0)
         if weights.sum() <= 0:
             weights = open_.astype(np.float64)
-        share = np.floor(remaining * weights / weights.sum()).astype(np.int64)
-        share = np.minimum(share, n_max - n)
-        if share.sum() == 0:
-            break
+        wanted = np.floor(remaining * weights / weights.sum()).astype(np.int64)
+        share = np.minimum(wanted, n_max - n)
         n += share
         remaining -= int(share.sum())
+        if share.sum() == 0 or (np.array_equal(share, wanted) and remaining < np.count_nonzero(n < n_max)):
+            break
     if remaining > 0:
         # Leftover (< number of open prompts): one each in descending difficulty; stable order keeps ties fair.
         order = np.argsort(-k, kind="stable")
@@ -144,16 +145,20 @@ class DifficultyTracker:
         return out
 
     def state_dict(self) -> dict:
+        """Plain lists only (prompt keys stay ints through JSON as well as pickle/torch.save)."""
+        keys = list(self._count)
         return {"prior_accuracy": self.prior_accuracy, "rng": self._rng.bit_generator.state,
-                "sum": dict(self._sum), "count": dict(self._count), "rank": dict(self._rank),
+                "keys": keys, "sum": [self._sum[i] for i in keys], "count": [self._count[i] for i in keys],
+                "rank_keys": list(self._rank), "rank": list(self._rank.values()),
                 "ranked_acc": self._ranked_acc.tolist(), "epochs_ranked": self.epochs_ranked}
 
     def load_state_dict(self, state: dict) -> None:
         self.prior_accuracy = float(state["prior_accuracy"])
         self._rng.bit_generator.state = state["rng"]
-        self._sum = dict(state["sum"])
-        self._count = {k: int(v) for k, v in state["count"].items()}
-        self._rank = dict(state["rank"])
+        keys = [_key(k) for k in state["keys"]]
+        self._sum = dict(zip(keys, map(float, state["sum"])))
+        self._count = dict(zip(keys, map(int, state["count"])))
+        self._rank = dict(zip((_key(k) for k in state["rank_keys"]), map(float, state["rank"])))
         self._ranked_acc = np.asarray(state["ranked_acc"], dtype=np.float64)
         self.epochs_ranked = int(state["epochs_ranked"])
 
@@ -162,6 +167,11 @@ class DifficultyTracker:
         mean_acc = float(np.mean([self._sum[i] / self._count[i] for i in self._count])) if seen else 0.0
         return {"difficulty/prompts_seen": seen, "difficulty/mean_accuracy": mean_acc,
                 "difficulty/epochs_ranked": self.epochs_ranked}
+
+
+def _key(k):
+    """Prompt keys are dataset row indices; numpy ints become Python ints so lookups match."""
+    return k.item() if isinstance(k, np.generic) else k
 
 
 class RolloutSchedule:

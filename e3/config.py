@@ -163,18 +163,23 @@ class E3Config:
 
     @classmethod
     def from_dict(cls, data: Optional[dict[str, Any]], where: str = "e3") -> "E3Config":
-        """Build and validate from a nested dict (e.g. ``OmegaConf.to_container(cfg.e3)``).
+        """Build and validate from a nested dict (e.g. ``OmegaConf.to_container(cfg.e3)``); the input is not modified.
 
-        Unknown keys and wrong types raise ``ValueError`` naming ``where.section.key``.
+        Unknown keys, wrong types and bad values raise ``ValueError`` naming ``where.section.key``.
         """
-        data = dict(data or {})
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config key {where} must be a mapping, got {type(data).__name__}")
         sections = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(sections))
         if unknown:
             raise ValueError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sections)})")
         kwargs = {}
         for name, f in sections.items():
-            sub = data.get(name) or {}
+            sub = data.get(name, {})
+            if sub is None:
+                sub = {}
             if not isinstance(sub, dict):
                 raise ValueError(f"config key {where}.{name} must be a mapping, got {type(sub).__name__}")
             kwargs[name] = _build(f.default_factory, sub, f"{where}.{name}")
@@ -188,34 +193,32 @@ class E3Config:
 
 
 def _build(section_cls, values: dict, where: str):
-    known = {f.name: f for f in dataclasses.fields(section_cls)}
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    out = {}
     for key, value in values.items():
-        if key not in known:
-            raise ValueError(f"unknown config key {where}.{key} (known: {', '.join(known)})")
-        default = getattr(section_cls(), key)
-        values[key] = _coerce(value, default, f"{where}.{key}")
-    return section_cls(**values)
+        if key not in fields:
+            raise ValueError(f"unknown config key {where}.{key} (known: {', '.join(fields)})")
+        out[key] = _coerce(value, fields[key].type, f"{where}.{key}")
+    return section_cls(**out)
 
 
-def _coerce(value, default, where):
-    if value is None or default is None:
-        return value if not isinstance(value, int) or isinstance(value, bool) or default is None else value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"config key {where} must be true/false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"config key {where} must be an integer, got {value!r}")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"config key {where} must be a number, got {value!r}")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"config key {where} must be a string, got {value!r}")
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def _coerce(value, annotation: str, where: str):
+    """Check ``value`` against the field's annotation (``int``, ``float``, ``Optional[float]``, ...)."""
+    optional = annotation.startswith("Optional[")
+    base = _TYPES[annotation[len("Optional["):-1] if optional else annotation]
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"config key {where} must be {base.__name__}, got null")
+    if isinstance(value, bool) != (base is bool):
+        raise ValueError(f"config key {where} must be {'true/false' if base is bool else base.__name__}, got {value!r}")
+    if base is float and isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, base):
+        raise ValueError(f"config key {where} must be {base.__name__}, got {value!r}")
     return value
 
 

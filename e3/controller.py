@@ -63,6 +63,11 @@ class E3Controller:
         self._plan: StepPlan | None = None
         self._extra: dict = {}
 
+    @classmethod
+    def from_config(cls, cfg: E3Config, n: int, vocab_size: int, max_steps: int | None = None,
+                    dataset_indices=None, batch_size: int | None = None) -> "E3Controller":
+        return cls(cfg, n, vocab_size, max_steps, dataset_indices, batch_size)
+
     @property
     def temperature(self) -> float:
         return self.scheduler.temperature if self.cfg.temperature.enable else self.cfg.temperature.init_temperature

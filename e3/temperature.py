@@ -41,7 +41,7 @@ def annealed_target(h_init: float, step: int, max_steps: int, anneal_ratio: floa
     """E3 Eq. 5: H_init before t_a, then cosine from H_init down to anneal_floor * H_init at max_steps."""
     if max_steps <= 0:
         raise ValueError(f"annealing needs max_steps > 0, got {max_steps}")
-    t_a = max_steps - math.floor(anneal_ratio * max_steps)
+    t_a = max_steps - math.floor(anneal_ratio * max_steps + 1e-9)  # tolerate 0.29 * 100 = 28.999...
     if step < t_a or max_steps == t_a:
         return h_init
     p = min(1.0, (step - t_a) / (max_steps - t_a))
