@@ -2,7 +2,7 @@
 # Train. No arguments: the embedded default (tiny GRPO+E3 run on the local engine, ~10 min on 2 CPU cores).
 #   bash scripts/train.sh [--config NAME] [--run-dir DIR] [--resume] [key=value ...]
 # NAME is a local-engine config (configs/local/NAME.yaml: default, grpo, ts, ts_an, dr, e3, prepo, e3_prepo) or
-# a verl config shipped in the package (e3/config/NAME.yaml, e.g. e3_r1_1.5b_4gpu); verl configs need GPUs.
+# a verl config shipped in the package (e3/config/NAME.yaml, e.g. e3_r1_1.5b); verl configs need GPUs.
 # key=value arguments are hydra-style overrides for either engine (e.g. e3.temperature.enable=false).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"

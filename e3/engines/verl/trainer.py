@@ -1,0 +1,301 @@
+"""E3 / PREPO as a verl 0.9.1 v1 trainer, registered as ``e3`` (``trainer.v1.trainer_mode=e3``).
+
+A thin subclass of verl's synchronous trainer that carries the controller's decisions; no verl file is copied.
+Per step of verl's ``PPOTrainer.fit`` loop:
+
+- ``on_step_begin``: tau_t (E3 Eq. 4-5) -> ``actor_rollout_ref.rollout.temperature`` on the driver. verl's trainer
+  copies that value into ``batch.extra_info["temperature"]`` for the old-log-prob, ref and update passes, and the
+  FSDP/Megatron engines divide the logits by it — so training uses the tau the step was sampled with.
+- ``_next_train_batch``: prompts (a PREPO paced window when the offline curriculum is on) plus the columns
+  ``__rollout_n__`` (E3 Alg. 1 budgets, sum = B * rollout.n) and ``__temperature__`` (read by E3AgentLoopWorker;
+  rollout workers never see the driver's config).
+- ``_compute_old_log_prob``: verl reduces the token entropy over the whole batch on the driver (``actor/entropy``);
+  that one number steps the scheduler, so every rank samples with the same tau.
+- ``_compute_advantage``: after verl's pass (KL-in-reward, rollout correction), the GRPO advantages are recomputed
+  over the unequal groups with ``e3.advantage`` (singleton -> 0), times PREPO relative-entropy weights when on;
+  then ``observe`` updates difficulty and temperature.
+- ``step``: the controller's metrics join verl's (same names as the local engine); epoch end ranks difficulty.
+- ``_save_checkpoint`` / ``_load_checkpoint``: ``global_step_N/e3_controller.pt`` written atomically before verl
+  writes its ``latest_checkpointed_iteration.txt``; restored on resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from numbers import Number
+
+import numpy as np
+import torch
+import transfer_queue as tq
+from omegaconf import OmegaConf
+from tensordict import TensorDict
+
+from e3.config import E3Config
+from e3.controller import E3Controller
+from e3.curriculum import OfflinePacer
+from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
+from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
+                                      scatter_to_rows)
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
+from verl.utils.dataset.rl_dataset import collate_fn
+
+logger = logging.getLogger(__name__)
+
+TRAINER_NAME = "e3"
+CONTROLLER_FILE = "e3_controller.pt"
+STATE_FORMAT = 1
+
+
+def e3_config_from(config) -> E3Config:
+    """The validated ``e3:`` section of a composed verl config (absent section -> paper defaults)."""
+    section = config.get("e3") if hasattr(config, "get") else None
+    data = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    return E3Config.from_dict(data)
+
+
+def check_supported(config, cfg: E3Config) -> None:
+    """Refuse, before any worker starts, the verl settings this adapter cannot honour."""
+    estimator = str(config.algorithm.adv_estimator)
+    if estimator != "grpo":
+        raise ValueError(f"algorithm.adv_estimator={estimator!r}: the e3 trainer computes GRPO advantages over "
+                         "unequal groups; set algorithm.adv_estimator=grpo")
+    corr = config.algorithm.get("rollout_correction", None)
+    if cfg.temperature.enable and corr is not None and corr.get("bypass_mode", False):
+        raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl computes "
+                         "no entropy and e3.temperature cannot be scheduled; disable one of them")
+    n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
+    if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
+        raise ValueError(f"actor_rollout_ref.rollout.n={n} must lie in [e3.allocation.n_low, n_high] = "
+                         f"[{alloc.n_low}, {alloc.n_high}]: the budgets start at n and move within those bounds")
+    if cfg.curriculum.enable and cfg.curriculum.mode != "offline":
+        raise ValueError("e3.curriculum.mode=online is not available on the verl engine (it needs a prompt forward "
+                         "pass on the actor workers before each rollout); score the data once with "
+                         "data/score_perplexity.py and set e3.curriculum.mode=offline")
+
+
+def dataset_prompt_fields(dataset, files, with_perplexity: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``extra_info.index`` (unique per row) and optionally ``extra_info.perplexity`` of a verl RLHFDataset."""
+    frame = getattr(dataset, "dataframe", None)
+    if frame is None or "extra_info" not in frame.column_names:
+        raise ValueError(f"data.train_files={list(files)}: rows need extra_info.index (E3 tracks difficulty per "
+                         "prompt); write the data with data/prepare_train.py")
+    indices, ppl, seen = [], [], {}
+    for row, extra in enumerate(frame["extra_info"]):
+        index = (extra or {}).get("index")
+        if isinstance(index, bool) or not isinstance(index, Number) or int(index) != index:
+            raise ValueError(f"data.train_files={list(files)} row {row} field extra_info.index: expected an integer, "
+                             f"got {index!r}")
+        index = int(index)
+        if index in seen:
+            raise ValueError(f"data.train_files={list(files)} row {row} field extra_info.index: {index} repeats row "
+                             f"{seen[index]}; E3 tracks difficulty per index, so indices must be unique")
+        seen[index] = row
+        indices.append(index)
+        if with_perplexity:
+            value = (extra or {}).get("perplexity")
+            if not isinstance(value, Number) or not math.isfinite(value):
+                raise ValueError(f"data.train_files={list(files)} row {row} field extra_info.perplexity: missing or "
+                                 "not finite; the offline PREPO curriculum needs data/score_perplexity.py first")
+            ppl.append(float(value))
+    return np.asarray(indices, dtype=np.int64), (np.asarray(ppl) if with_perplexity else None)
+
+
+def scalar_metrics(metrics: dict) -> dict:
+    """What verl's trackers (console, wandb, tensorboard, mlflow, file) accept: scalars only.
+
+    The per-prompt budgets ``rollout/n_hist`` (a list) become counts ``rollout/n_count/<n>`` for every n between
+    the smallest and largest budget of the step; other non-scalars are dropped.
+    """
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (bool, np.bool_)):
+            out[key] = int(value)
+        elif isinstance(value, (Number, np.number)):
+            out[key] = float(value) if isinstance(value, (float, np.floating)) else int(value)
+        elif key == "rollout/n_hist" and len(value):
+            counts = np.bincount(np.asarray(value, dtype=np.int64))
+            out.update({f"rollout/n_count/{n}": int(counts[n]) for n in range(min(value), max(value) + 1)})
+    return out
+
+
+def save_controller_state(folder: str, state: dict) -> str:
+    """Write ``folder/e3_controller.pt`` atomically (temp file + os.replace); returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, CONTROLLER_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_controller_state(folder: str) -> dict:
+    path = os.path.join(folder, CONTROLLER_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"resuming from {folder}, but {CONTROLLER_FILE} is missing there: the checkpoint was "
+                                "not written by the e3 trainer, so the difficulty ranking, rollout budgets and "
+                                "temperature cannot be restored. Start a fresh run (trainer.resume_mode=disable) "
+                                "or resume from an e3 checkpoint")
+    state = torch.load(path, weights_only=False)
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: unknown controller state format {state.get('format')!r}")
+    return state
+
+
+@register_trainer(TRAINER_NAME)
+class E3Trainer(PPOTrainerSync):
+    """verl's sync trainer driven by ``e3.controller.E3Controller`` (see the module docstring)."""
+
+    def __init__(self, config):
+        self.e3_config = e3_config_from(config)
+        check_supported(config, self.e3_config)
+        self.controller: E3Controller | None = None
+        self.pacer: OfflinePacer | None = None
+        self._row_of: dict[int, int] = {}
+        self._step_entropy = float("nan")
+        self._e3_metrics: dict = {}
+        super().__init__(config)
+
+    # verl branches on ``trainer_mode == "sync"`` (replay buffer, refill, TransferQueue checkpoints). The registry
+    # name ``e3`` only selects this class; every step is a verl sync step.
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        if value not in (TRAINER_NAME, "sync"):
+            raise ValueError(f"E3Trainer runs verl's sync mode; got trainer.v1.trainer_mode={value!r}")
+
+    # ------------------------------------------------------------------ setup
+    def _init_dataloader(self):
+        super()._init_dataloader()
+        cfg = self.e3_config
+        files = self.config.data.train_files
+        files = [files] if isinstance(files, str) else list(files)
+        indices, ppl = dataset_prompt_fields(self.train_dataset, files, cfg.curriculum.enable)
+        self.controller = E3Controller(cfg, n=int(self.config.actor_rollout_ref.rollout.n),
+                                       vocab_size=len(self.tokenizer), max_steps=int(self.total_training_steps),
+                                       dataset_indices=indices, batch_size=int(self.config.data.train_batch_size))
+        if cfg.curriculum.enable:
+            self.pacer = OfflinePacer(indices, ppl, int(self.total_training_steps), cfg.curriculum.window_ratio,
+                                      seed=cfg.allocation.seed)
+            self._row_of = {int(i): row for row, i in enumerate(indices.tolist())}
+
+    # ------------------------------------------------------------------ decisions
+    def on_step_begin(self):
+        super().on_step_begin()
+        self.config.actor_rollout_ref.rollout.temperature = float(self.controller.temperature)
+
+    def _next_train_batch(self, num_prompts: int | None = None) -> TensorDict:
+        if self.pacer is None:
+            batch = super()._next_train_batch(num_prompts)
+        else:
+            batch = self._paced_batch(num_prompts or int(self.config.data.train_batch_size))
+        indices = np.asarray([int(i) for i in batch["index"]], dtype=np.int64)
+        plan = self.controller.plan(indices, total=len(indices) * int(self.config.actor_rollout_ref.rollout.n))
+        batch[ROLLOUT_N_KEY] = torch.as_tensor(plan.n_per_prompt, dtype=torch.int64)
+        batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float32)
+        return batch
+
+    def _paced_batch(self, num_prompts: int) -> TensorDict:
+        """PREPO offline curriculum: the prompts of the paced window (dataset scored once, sorted by perplexity)."""
+        chosen = self.pacer.batch(self.controller.step, num_prompts)
+        rows = [self.train_dataset[self._row_of[int(i)]] for i in chosen.tolist()]
+        batch_dict = collate_fn(rows)
+        batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in rows], dtype=object)
+        batch = tu.get_tensordict(batch_dict)
+        tu.assign_non_tensor_data(batch, "global_steps", self.global_steps)
+        return batch
+
+    # ------------------------------------------------------------------ observations
+    def _compute_old_log_prob(self, batch, metrics: dict):
+        batch = super()._compute_old_log_prob(batch, metrics)
+        self._step_entropy = float(metrics.get("actor/entropy", float("nan")))
+        return batch
+
+    def _compute_advantage(self, batch, metrics: dict):
+        batch = super()._compute_advantage(batch, metrics)
+        kl_in_reward = bool(self.config.algorithm.use_kl_in_reward)
+        fields = ["index", "rm_scores", "response_mask"]
+        if self.e3_config.weighting.enable:
+            fields.append("entropy")
+        if kl_in_reward:
+            fields.append("token_level_rewards")
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+        sessions = final_sessions(batch.keys, batch.tags)
+        rows = sessions.final_rows
+        index_col = list(data["index"])
+        indices = np.asarray([int(index_col[r]) for r in rows.tolist()], dtype=np.int64)
+        mask = data["response_mask"]
+        scores = row_sums(data["rm_scores"])[rows]
+        adv_scores = row_sums(data["token_level_rewards"])[rows] if kl_in_reward else scores
+        lengths = row_lengths(mask)[rows]
+        entropies = row_means(data["entropy"], mask)[rows] if self.e3_config.weighting.enable else None
+
+        adv = self.controller.advantages(adv_scores, indices, entropies=entropies, lengths=lengths)
+        self._e3_metrics = self.controller.observe(indices, scores, self._step_entropy)
+
+        per_row = broadcast_to_tokens(scatter_to_rows(adv, sessions), mask)
+        out = TensorDict({"advantages": per_row, "returns": per_row.clone()}, batch_size=len(batch))
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
+
+    def step(self, metrics: dict, timing_raw: dict):
+        batch = super().step(metrics, timing_raw)
+        metrics.update(scalar_metrics(self._e3_metrics))
+        if self.pacer is not None:
+            metrics.update(scalar_metrics(self.pacer.metrics()))
+        if self.steps_per_epoch > 0 and self.global_steps % self.steps_per_epoch == 0:
+            self.controller.end_epoch()  # before _save_checkpoint, so a checkpoint holds the new ranking
+        return batch
+
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
+                            expected_acc_counts=None):
+        out = super()._val_metrics_update(data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
+                                          expected_acc_counts=expected_acc_counts)
+        values = reward_extra_infos_dict.get("acc") or reward_extra_infos_dict.get("reward") or []
+        values = [float(v) for v in values if v is not None]
+        if values:
+            out["val/accuracy"] = float(np.mean(values))  # over every validation sample, all data sources
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def e3_state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "global_step": int(self.global_steps),
+                "controller": self.controller.state_dict(),
+                "pacer": None if self.pacer is None else self.pacer.state_dict(),
+                "e3_config": self.e3_config.to_dict()}
+
+    def e3_load_state_dict(self, state: dict) -> None:
+        if state["e3_config"] != self.e3_config.to_dict():
+            logger.warning("e3 config differs from the checkpoint's; keeping the new settings, restoring the state")
+        self.controller.load_state_dict(state["controller"])
+        if self.pacer is not None and state.get("pacer") is not None:
+            self.pacer.load_state_dict(state["pacer"])
+
+    def _save_checkpoint(self):
+        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        save_controller_state(folder, self.e3_state_dict())
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        super()._load_checkpoint()
+        if self.global_steps == 0:
+            return
+        if self.config.trainer.resume_mode == "resume_path":
+            folder = str(self.config.trainer.resume_from_path)
+        else:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+        if not os.path.isabs(folder):
+            folder = os.path.join(os.getcwd(), folder)
+        state = load_controller_state(folder)
+        if int(state["global_step"]) != int(self.global_steps):
+            raise ValueError(f"{folder}/{CONTROLLER_FILE} is from step {state['global_step']}, "
+                             f"but verl resumes at step {self.global_steps}")
+        self.e3_load_state_dict(state)
+        logger.info("e3 controller restored from %s (step %d, tau=%.4f)", folder, self.controller.step,
+                    self.controller.temperature)

@@ -1,0 +1,61 @@
+"""Train with E3 / PREPO on a GPU cluster through verl 0.9.1: ``python -m e3.main_train [--config-name NAME] k=v ...``.
+
+Configs live in ``e3/config/`` (shipped in the package): ``e3_trainer`` is verl's own ``ppo_trainer`` plus our
+overlay (trainer ``e3``, the temperature-aware agent loop, the math reward, the ``e3:`` section); ``e3_r1_1.5b``,
+``e3_r1_7b`` and the ablation rows ``e3_r1_1.5b_{grpo,ts,ts_an,dr}`` reproduce the paper's runs. Overrides are
+hydra's (``e3.temperature.enable=false data.train_files=...``); ``--cfg job`` prints the composed config.
+
+The steps mirror verl's ``main_ppo.main`` (device, ``validate_config``, ``run_ppo``) with our task runner, which
+registers the ``e3`` trainer inside its Ray actor. verl cannot run on a machine without GPUs (its resource pool
+requires them and it has no CPU rollout backend); there this entry stops with a message pointing at the local
+engine, ``bash scripts/train.sh``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+
+CONFIG_DIR = str(Path(__file__).resolve().parent / "config")
+NO_GPU_MESSAGE = ("verl needs NVIDIA GPUs (trainer.device=cuda) and none is visible here. On a machine without a GPU "
+                  "run the local engine instead: bash scripts/train.sh")
+
+
+def preflight(config) -> None:
+    """Checks that must fail on the driver, in seconds, before Ray starts: our section, verl's own, the device."""
+    import torch
+
+    from e3.engines.verl.trainer import TRAINER_NAME, check_supported, e3_config_from
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    check_supported(config, e3_config_from(config))
+    if not config.trainer.use_v1 or config.trainer.v1.trainer_mode != TRAINER_NAME:
+        raise ValueError(f"e3.main_train runs verl's v1 trainer registered as {TRAINER_NAME!r}: keep "
+                         f"trainer.use_v1=true and trainer.v1.trainer_mode={TRAINER_NAME}")
+    auto_set_device(config)
+    if config.trainer.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(NO_GPU_MESSAGE)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+
+
+def run(config) -> None:
+    """Preflight, then verl's ``run_ppo`` with ``E3TaskRunner`` as a 1-CPU Ray actor."""
+    import ray
+
+    from e3.engines.verl.runner import E3TaskRunner
+    from verl.trainer.main_ppo import run_ppo
+
+    preflight(config)
+    run_ppo(config, task_runner_class=ray.remote(num_cpus=1)(E3TaskRunner))
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="e3_trainer", version_base=None)
+def main(config) -> None:
+    run(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Contract: the hydra overlay and the paper run configs compose on verl 0.9.1's own ppo_trainer and validate."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from e3.config import E3Config
+from e3.main_train import CONFIG_DIR
+
+PAPER = ["e3_r1_1.5b", "e3_r1_7b"]
+ABLATIONS = {"e3_r1_1.5b_grpo": (False, False, False), "e3_r1_1.5b_ts": (False, True, False),
+             "e3_r1_1.5b_ts_an": (False, True, True), "e3_r1_1.5b_dr": (True, False, False)}
+
+
+@functools.lru_cache(maxsize=None)
+def _compose(name: str, overrides: tuple[str, ...]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name=name, overrides=list(overrides))
+
+
+def compose(name: str, *overrides: str):
+    return copy.deepcopy(_compose(name, overrides))
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in Path(CONFIG_DIR).glob("*.yaml"))
+
+
+def test_every_shipped_config_is_listed_here():
+    assert shipped_configs() == sorted(["e3_trainer", *PAPER, *ABLATIONS])
+
+
+@pytest.mark.parametrize("name", ["e3_trainer", *PAPER, *ABLATIONS])
+def test_config_composes_on_verls_ppo_trainer_and_validates(name):
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = compose(name)
+    # verl's own defaults are there (found through pkg://verl.trainer.config, not copied) ...
+    assert cfg.actor_rollout_ref.actor.clip_ratio == 0.2 and "transfer_queue" in cfg
+    # ... with our plug-in points
+    assert cfg.trainer.use_v1 and cfg.trainer.v1.trainer_mode == "e3"
+    assert cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class == "e3.engines.verl.rollout.E3AgentLoopManager"
+    assert cfg.reward.custom_reward_function.path == "pkg://e3.reward"
+    assert cfg.reward.custom_reward_function.reward_kwargs == {"timeout": cfg.e3.reward.timeout,
+                                                               "workers": cfg.e3.reward.workers}
+    assert cfg.algorithm.adv_estimator == "grpo"
+    e3 = e3_config_from(cfg)
+    check_supported(cfg, e3)
+    omega_conf_to_dataclass(cfg.algorithm)
+    omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+
+
+@pytest.mark.parametrize("name", [*PAPER, *ABLATIONS])
+def test_run_configs_pass_verls_own_validation(name):
+    """The preflight of ``python -m e3.main_train`` minus the GPU check: verl's ``validate_config``."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    cfg = compose(name)
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert not need_reference_policy(cfg) and not need_critic(cfg)  # kl_loss_coef 0 in the paper: no ref model
+
+
+def test_e3_section_mirrors_the_typed_config():
+    section = OmegaConf.to_container(compose("e3_trainer").e3)
+    defaults = E3Config().to_dict()
+    assert {k: sorted(v) for k, v in section.items()} == {k: sorted(v) for k, v in defaults.items()}
+    expected = {**defaults, "curriculum": {**defaults["curriculum"], "mode": "offline"}}  # verl: offline only
+    assert section == expected
+    assert [f.name for f in dataclasses.fields(E3Config)] == list(section)
+
+
+def test_paper_runs_have_the_papers_settings():
+    small, large = compose("e3_r1_1.5b"), compose("e3_r1_7b")
+    for cfg in (small, large):
+        assert cfg.data.train_batch_size == 64 and cfg.actor_rollout_ref.rollout.n == 8
+        assert cfg.data.max_response_length == 6144 and cfg.trainer.total_epochs == 3
+        assert cfg.trainer.total_training_steps is None  # max_steps = epochs x len(data) // 64, from the data
+        alloc, temp = cfg.e3.allocation, cfg.e3.temperature
+        assert (alloc.enable, alloc.n_low, alloc.n_high, alloc.n_update) == (True, 4, 12, 2)
+        assert (temp.enable, temp.anneal, temp.anneal_floor, temp.init_temperature) == (True, True, 0.9, 1.0)
+        assert cfg.actor_rollout_ref.rollout.name == "vllm"
+    assert small.actor_rollout_ref.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert small.actor_rollout_ref.actor.optim.lr == 5e-6 and small.trainer.n_gpus_per_node == 4
+    assert large.actor_rollout_ref.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    assert large.actor_rollout_ref.actor.optim.lr == 2e-6 and large.trainer.n_gpus_per_node == 8
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_rows_differ_from_the_paper_run_only_in_the_e3_switches(name):
+    base = OmegaConf.to_container(compose("e3_r1_1.5b"))
+    row = OmegaConf.to_container(compose(name))
+    dr, ts, an = ABLATIONS[name]
+    assert row["e3"]["allocation"]["enable"] is dr
+    assert row["e3"]["temperature"]["enable"] is ts and row["e3"]["temperature"]["anneal"] is an
+    for cfg in (base, row):
+        cfg.pop("e3")
+        cfg["trainer"].pop("experiment_name")
+    assert row == base
+
+
+def test_overrides_and_bad_keys():
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+
+    cfg = compose("e3_r1_1.5b", "e3.temperature.enable=false", "actor_rollout_ref.rollout.n=6")
+    assert e3_config_from(cfg).temperature.enable is False and cfg.actor_rollout_ref.rollout.n == 6
+    with pytest.raises(ValueError, match=r"e3\.temperature\.bogus"):
+        e3_config_from(compose("e3_trainer", "+e3.temperature.bogus=1"))
+    with pytest.raises(ValueError, match="e3.allocation.n_low"):
+        e3_config_from(compose("e3_trainer", "e3.allocation.n_low=1"))
+    with pytest.raises(ValueError, match="mode=online is not available on the verl engine"):
+        cfg = compose("e3_trainer", "e3.curriculum.enable=true", "e3.curriculum.mode=online")
+        check_supported(cfg, e3_config_from(cfg))
+    with pytest.raises(ValueError, match=r"rollout.n=16 must lie in \[e3.allocation.n_low, n_high\] = \[4, 12\]"):
+        cfg = compose("e3_r1_1.5b", "actor_rollout_ref.rollout.n=16")
+        check_supported(cfg, e3_config_from(cfg))
+    with pytest.raises(ValueError, match="adv_estimator"):
+        cfg = compose("e3_trainer", "algorithm.adv_estimator=gae")
+        check_supported(cfg, e3_config_from(cfg))

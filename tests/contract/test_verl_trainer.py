@@ -1,0 +1,319 @@
+"""Contract: E3Trainer inside verl 0.9.1's real training loop on CPU (only the LLM server and the GPU workers fake).
+
+One module-scoped run of ``PPOTrainer.fit`` (6 steps, batch 4 prompts x n=4, an E3 epoch ends after step 4, checkpoints
+at steps 3 and 6), then a resumed run from the step-6 checkpoint. See ``verl_harness`` for what is real and what is
+replaced. Ray + TransferQueue start once for the module (one storage unit: the default 8 hang a 2-CPU Ray cluster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+tq = pytest.importorskip("transfer_queue")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from e3.advantage import grpo_advantages  # noqa: E402
+from e3.data import write_rows  # noqa: E402
+from e3.temperature import temperature_update  # noqa: E402
+
+from .verl_harness import ScriptedServer, arithmetic_rows, assemble, build_tiny_model  # noqa: E402
+
+B, N = 4, 4
+SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",
+          "rollout/n_max", "rollout/n_total", "reward/mean", "groups/all_correct", "groups/all_wrong",
+          "groups/informative_rollouts"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import verl
+
+    if ray.is_initialized():  # left over from another module: start clean, with our resource limits
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
+                                       "transfer_queue.yaml"))
+    conf.backend.SimpleStorage.num_data_storage_units = 1
+    conf.backend.SimpleStorage.total_storage_size = 20000
+    tq.init(conf)
+    yield
+    tq.close()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verl_e3")
+    build_tiny_model(root / "model")
+    write_rows(arithmetic_rows(16, "train"), root / "train.parquet")
+    write_rows(arithmetic_rows(4, "valid", start=100), root / "valid.parquet")
+    return root
+
+
+def compose(workdir, *extra):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from e3.main_train import CONFIG_DIR
+
+    overrides = [
+        f"actor_rollout_ref.model.path={workdir / 'model'}",
+        f"data.train_files={workdir / 'train.parquet'}", f"data.val_files={workdir / 'valid.parquet'}",
+        f"data.train_batch_size={B}", "data.dataloader_num_workers=0", "data.max_prompt_length=128",
+        "data.max_response_length=32", "data.seed=7",
+        f"actor_rollout_ref.rollout.n={N}", "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.calculate_log_probs=false", "actor_rollout_ref.rollout.agent.num_workers=1",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={B}",
+        "e3.allocation.n_low=2", "e3.allocation.n_high=6", "e3.allocation.n_update=2",
+        "reward.num_workers=1", "trainer.n_gpus_per_node=1", "trainer.total_epochs=2",
+        "trainer.total_training_steps=6", "trainer.save_freq=3", "trainer.test_freq=3",
+        "trainer.logger=[console,file,tensorboard]", f"trainer.default_local_dir={workdir / 'ckpt'}",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name="e3_trainer", overrides=overrides)
+
+
+def spy_trainer_cls():
+    """E3Trainer plus a record of every step's plan and of the advantages it wrote (no behaviour change)."""
+    from e3.engines.verl.trainer import E3Trainer
+
+    class Spy(E3Trainer):
+        def __init__(self, config, server):
+            super().__init__(config)
+            self.server, self.plans, self.adv_rows = server, [], []
+
+        def _next_train_batch(self, num_prompts=None):
+            batch = super()._next_train_batch(num_prompts)
+            self.plans.append({"step": self.global_steps, "first_request": len(self.server.requests),
+                               "index": [int(i) for i in batch["index"]],
+                               "n": batch["__rollout_n__"].tolist(), "tau": batch["__temperature__"].tolist(),
+                               "config_tau": float(self.config.actor_rollout_ref.rollout.temperature)})
+            return batch
+
+        def _compute_advantage(self, batch, metrics):
+            batch = super()._compute_advantage(batch, metrics)
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                                   select_fields=["uid", "index", "rm_scores", "advantages", "response_mask"])
+            self.adv_rows.append({"step": self.global_steps, "uid": list(data["uid"]),
+                                  "index": [int(i) for i in data["index"]],
+                                  "score": [float(t.sum()) for t in data["rm_scores"].unbind()],
+                                  "adv": [t.tolist() for t in data["advantages"].unbind()]})
+            return batch
+
+    return Spy
+
+
+@pytest.fixture(scope="module")
+def run(cluster, workdir, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    logdir = tmp_path_factory.mktemp("logs")
+    env = pytest.MonkeyPatch()  # verl's file and tensorboard loggers write here (for this module's runs only)
+    env.setenv("VERL_FILE_LOGGER_PATH", str(logdir / "metrics.jsonl"))
+    env.setenv("TENSORBOARD_DIR", str(logdir / "tb"))
+    server = ScriptedServer(AutoTokenizer.from_pretrained(workdir / "model"))
+    trainer = spy_trainer_cls()(compose(workdir), server)
+    agent_loop = assemble(trainer, workdir / "model", server)
+    trainer.fit(agent_loop)
+    logged = [json.loads(line) for line in open(logdir / "metrics.jsonl")]
+    yield {"trainer": trainer, "server": server, "logged": logged, "logdir": logdir}
+    env.undo()
+
+
+def _train_metrics(run):
+    return {rec["step"]: rec["data"] for rec in run["logged"] if "rollout/n_total" in rec["data"]}
+
+
+def test_budgets_sum_to_batch_times_n_and_vary_after_the_epoch_end(run):
+    plans = run["trainer"].plans
+    assert [p["step"] for p in plans] == [1, 2, 3, 4, 5, 6]
+    for p in plans:
+        assert sum(p["n"]) == B * N  # mini-batch sizing and _balance_batch rely on it
+    assert all(p["n"] == [N] * B for p in plans[:4])  # epoch 1: bounds [4, 4]
+    later = [n for p in plans[4:] for n in p["n"]]
+    assert min(later) >= 2 and max(later) <= 6 and len(set(later)) > 1  # epoch 2: bounds [2, 6], budgets differ
+
+
+def test_the_real_run_prompt_makes_exactly_n_i_rollouts_at_the_planned_temperature(run):
+    plans, requests = run["trainer"].plans, run["server"].requests
+    for p, nxt in zip(plans, plans[1:] + [None]):
+        window = requests[p["first_request"]:(nxt["first_request"] if nxt else len(requests))]
+        train = [(k, tau) for k, tau in window if k in p["index"]]  # validation prompts have other indices
+        assert Counter(k for k, _ in train) == Counter(dict(zip(p["index"], p["n"])))
+        assert train and all(tau == pytest.approx(p["tau"][0]) for _, tau in train)
+        assert set(p["tau"]) == {p["tau"][0]} and p["tau"][0] == pytest.approx(p["config_tau"])
+    val = [tau for k, tau in requests if k >= 100]
+    assert val and set(val) == {0.0}  # validation keeps verl's greedy val_kwargs
+
+
+def test_log_prob_and_update_passes_use_the_step_temperature(run):
+    calls = run["trainer"].actor_rollout_wg.calls
+    per_step = [calls[i:i + 2] for i in range(0, len(calls), 2)]
+    assert len(per_step) == 6
+    for p, ((name1, tau1), (name2, tau2)) in zip(run["trainer"].plans, per_step):
+        assert (name1, name2) == ("compute_log_prob", "update_actor")
+        assert tau1 == pytest.approx(p["tau"][0]) and tau2 == pytest.approx(p["tau"][0])
+    taus = [p["tau"][0] for p in run["trainer"].plans]
+    assert taus[0] == taus[1] == 1.0 and len(set(taus[2:])) > 1  # warm-up at tau_0, then scheduled
+
+
+def test_the_scheduler_steps_on_verls_reduced_entropy(run):
+    metrics = _train_metrics(run)
+    vocab = len(run["trainer"].tokenizer)
+    taus = [p["tau"][0] for p in run["trainer"].plans]
+    assert metrics[1]["rollout/entropy"] == pytest.approx(metrics[1]["actor/entropy"])
+    for step in range(2, 6):
+        m = metrics[step]
+        assert m["rollout/entropy"] == pytest.approx(m["actor/entropy"])  # the driver-side, whole-batch value
+        assert m["rollout/temperature"] == pytest.approx(taus[step - 1])
+        expected = temperature_update(taus[step - 1], m["actor/entropy"], m["rollout/target_entropy"], vocab)
+        assert taus[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-6)
+
+
+def test_grpo_advantages_over_the_unequal_groups(run):
+    seen_unequal = False
+    for rec in run["trainer"].adv_rows:
+        sizes = Counter(rec["uid"])
+        seen_unequal |= len(set(sizes.values())) > 1
+        expected = grpo_advantages(rec["score"], rec["uid"])
+        for adv_tokens, want in zip(rec["adv"], expected):
+            assert adv_tokens and np.allclose(adv_tokens, want, atol=1e-5)
+    assert seen_unequal
+    # the update saw exactly those advantages
+    keys, advs = run["trainer"].actor_rollout_wg.advantages[-1]
+    assert len(keys) == sum(Counter(run["trainer"].adv_rows[-1]["uid"]).values())
+
+
+def test_controller_metrics_go_through_verls_tracking(run):
+    metrics = _train_metrics(run)
+    assert sorted(metrics) == [1, 2, 3, 4, 5, 6]
+    for step, m in metrics.items():
+        for name in SHARED:
+            assert name in m, (step, name)
+        assert m["rollout/n_total"] == B * N
+        assert m["step"] == step
+    assert metrics[5]["rollout/n_min"] == 2 and metrics[5]["rollout/n_max"] == 6
+    counts = {k: v for k, v in metrics[5].items() if k.startswith("rollout/n_count/")}
+    assert sum(counts.values()) == B and sum(int(k.rsplit("/", 1)[1]) * v for k, v in counts.items()) == B * N
+    val_steps = sorted(rec["step"] for rec in run["logged"] if "val/accuracy" in rec["data"])
+    assert val_steps == [0, 3, 6]
+    assert list((run["logdir"] / "tb").glob("events.*")), "tensorboard accepted every metric"
+    # difficulty follows the scripted server: prompts with k % 4 == 0 are never solved
+    tracker = run["trainer"].controller.allocator.tracker
+    assert all(a == 0.0 for a in tracker.accuracy([0, 4, 8, 12]))
+    assert all(a > 0.0 for a in tracker.accuracy([1, 2, 3, 5]))
+
+
+def test_controller_state_is_checkpointed_and_restored(run, workdir):
+    import torch
+
+    ckpt = workdir / "ckpt"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == "6"
+    for step in (3, 6):
+        state = torch.load(ckpt / f"global_step_{step}" / "e3_controller.pt", weights_only=False)
+        assert state["global_step"] == step and state["controller"]["step"] == step
+    original = run["trainer"]
+    assert torch.load(ckpt / "global_step_6" / "e3_controller.pt",
+                      weights_only=False)["controller"] == original.controller.state_dict()
+
+    server = ScriptedServer(original.tokenizer)
+    resumed = spy_trainer_cls()(compose(workdir, "trainer.total_training_steps=8"), server)
+    agent_loop = assemble(resumed, workdir / "model", server)
+    assert resumed.global_steps == 6 and resumed.actor_rollout_wg.loaded
+    assert resumed.controller.state_dict() == original.controller.state_dict()
+    # the next decisions equal the uninterrupted run's: same prompts, budgets and temperature
+    original.global_steps = resumed.global_steps = 7
+    original.on_step_begin(), resumed.on_step_begin()
+    a, b = original._next_train_batch(), resumed._next_train_batch()
+    assert [int(i) for i in a["index"]] == [int(i) for i in b["index"]]
+    assert a["__rollout_n__"].tolist() == b["__rollout_n__"].tolist()
+    assert a["__temperature__"].tolist() == b["__temperature__"].tolist()
+    # and the resumed run trains on
+    resumed.global_steps, resumed.plans = 6, []
+    resumed._init_dataloader()  # undo the probe: fresh dataloader and controller, restored from the checkpoint
+    resumed._load_checkpoint()
+    resumed.fit(agent_loop)
+    assert resumed.controller.step == 8 and [p["step"] for p in resumed.plans] == [7, 8]
+
+
+def test_resuming_a_checkpoint_without_controller_state_fails_clearly(run, workdir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(workdir / "ckpt", ckpt)
+    for f in ckpt.glob("global_step_*/e3_controller.pt"):
+        f.unlink()
+    server = ScriptedServer(run["trainer"].tokenizer)
+    trainer = spy_trainer_cls()(compose(workdir, f"trainer.default_local_dir={ckpt}"), server)
+    with pytest.raises(FileNotFoundError, match="e3_controller.pt is missing"):
+        assemble(trainer, workdir / "model", server)
+
+
+def advantages_of(trainer, scores, uids, entropies=None):
+    """Put hand-made rollouts (one row each, 3 response tokens; uid "pad..." = verl padding) into TransferQueue,
+    run ``trainer._compute_advantage`` on them and return the per-token advantages it wrote."""
+    import torch
+    from tensordict import TensorDict
+    from transfer_queue import KVBatchMeta
+
+    from verl.utils import tensordict_utils as tu
+
+    sessions = Counter()
+    keys, tags = [], []
+    for uid in uids:
+        keys.append(f"{uid}_{sessions[uid]}_0")
+        sessions[uid] += 1
+        tags.append({"is_padding": True} if uid.startswith("pad") else {})
+    mask = [torch.zeros(3, dtype=torch.int64) if u.startswith("pad") else torch.ones(3, dtype=torch.int64)
+            for u in uids]
+    fields = {"response_mask": torch.nested.as_nested_tensor(mask, layout=torch.jagged),
+              "rm_scores": torch.nested.as_nested_tensor([torch.tensor([0.0, 0.0, s]) for s in scores],
+                                                         layout=torch.jagged)}
+    if entropies is not None:
+        fields["entropy"] = torch.nested.as_nested_tensor([torch.full((3,), float(h)) for h in entropies],
+                                                          layout=torch.jagged)
+    fields = TensorDict(fields, batch_size=len(uids))
+    tu.assign_non_tensor_stack(fields, "uid", list(uids))
+    tu.assign_non_tensor_stack(fields, "index", [sorted(set(uids)).index(u) for u in uids])
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=fields, tags=tags)
+    trainer._step_entropy = 1.0
+    trainer._compute_advantage(KVBatchMeta(keys=keys, tags=tags, partition_id="train"), {})
+    adv = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])["advantages"].unbind()
+    tq.kv_clear(keys=keys, partition_id="train")
+    return [t.tolist() for t in adv]
+
+
+def test_singleton_and_padding_rows_get_zero_advantage(run):
+    """verl's GRPO returns a singleton's raw score as its advantage; ours gives 0 (and 0 to verl's padding)."""
+    adv = advantages_of(run["trainer"], [1.0, 0.0, 0.0, 1.0, 0.0], ["uidA", "uidA", "uidA", "uidB", "padX"])
+    expected = grpo_advantages([1.0, 0.0, 0.0], ["A"] * 3)
+    assert expected[0] > 0 > expected[1]
+    for row in range(3):
+        assert np.allclose(adv[row], [expected[row]] * 3, atol=1e-5)
+    assert adv[3] == [0.0, 0.0, 0.0]  # singleton: verl would give 1.0
+    assert adv[4] == [0.0, 0.0, 0.0]  # padding (its response mask is 0)
+
+
+def test_prepo_weights_multiply_the_advantages(cluster, workdir):
+    """PREPO: w_i = H_i / mean(H) over the whole batch (H_i: rollout i's token-mean entropy from the log-prob pass)."""
+    from e3.engines.verl.trainer import E3Trainer
+
+    trainer = E3Trainer(compose(workdir, "e3.weighting.enable=true"))
+    trainer._init_tokenizer()
+    trainer._init_dataloader()
+    scores, uids = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0], ["u1", "u1", "u1", "u2", "u2", "u2"]
+    entropies = [0.5, 1.0, 1.5, 2.0, 1.0, 2.0]
+    adv = advantages_of(trainer, scores, uids, entropies)
+    weights = np.asarray(entropies) / np.mean(entropies)
+    expected = grpo_advantages(scores, uids) * weights
+    for row, want in enumerate(expected):
+        assert np.allclose(adv[row], [want] * 3, atol=1e-5)
+    assert not np.allclose(expected, grpo_advantages(scores, uids))  # the weights did change something
