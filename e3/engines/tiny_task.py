@@ -1,0 +1,219 @@
+"""The local engine's embedded task: graded integer arithmetic on a 16-symbol character vocabulary.
+
+A problem is ``"<a><op><b>="`` with a verifiable integer answer (exact string match of the canonical decimal).
+Levels are named by a spec ``"<digits of a>d<ops><digits of b>d"``: the default ``"2d+-1d"`` (two-digit +/- one
+digit), ``"2d+-2d"`` and ``"2d*1d"`` (two-digit x one-digit) are graded by construction and all compose digit facts,
+so a held-out problem is learnable from others (a one-digit fact such as ``"3*4="`` is not: it can only be
+memorised, which is why ``"1d+-*1d"`` is available but not a default level).
+
+Every problem of a level is enumerated and assigned, by a stable hash of its text, to one of three disjoint pools:
+``demo`` (demonstrations: the only problems the supervised warm start sees), ``rl`` (prompts with a verifiable
+answer but no demonstration: the RL training set) and ``val`` (held out from both). This is the RLVR setting in
+miniature: demonstrations are scarce, verifiable prompts are plentiful, so the gain from RL on the ``rl`` pool is
+headroom that more supervised training on the ``demo`` pool does not fill (DESIGN.md section 4).
+
+Why not reasoning-gym: its arithmetic prompts are English instructions (``"Calculate 12 + 34. Give only the
+result."``) of 40-120 characters over ~60 distinct characters. A 1M-parameter character model on two CPU cores
+would spend its capacity and most of each step's tokens reading the instruction, and a sub-word tokenizer would need
+training data and a hub-free build. Here a prompt is <= 8 tokens and an answer <= 5, so a whole GRPO step of
+~200 rollouts fits in a fraction of a second. The same ideas (procedural generator, difficulty knob, exact
+verifier) take ~150 lines.
+
+Data files (``data.train_file`` / ``data.val_file``) may replace the generated sets: JSONL or parquet rows with
+``prompt`` and an answer under ``answer``, ``ground_truth`` or ``reward_model.ground_truth`` (verl's column), and an
+optional integer ``level``. Every row is checked before training; the first bad one raises ``DataError`` naming
+file, row and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+
+PAD, EOS = "<pad>", "<eos>"
+SYMBOLS = "0123456789+-*="
+
+
+class DataError(ValueError):
+    """A dataset file or row that cannot be trained on; the message names file, row and field."""
+
+
+class CharTokenizer:
+    """Character tokenizer: ids 0 = pad, 1 = eos, then the 14 symbols ``0-9 + - * =``."""
+
+    def __init__(self) -> None:
+        self.itos = [PAD, EOS, *SYMBOLS]
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        self.pad_id, self.eos_id = 0, 1
+        self.vocab_size = len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text up to the first eos; pads are dropped."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            if i != self.pad_id:
+                out.append(self.itos[i])
+        return "".join(out)
+
+    def left_pad(self, prompts: list[str], width: int) -> np.ndarray:
+        """Encode prompts left-padded to one fixed width, so a batch needs no attention mask."""
+        arr = np.full((len(prompts), width), self.pad_id, dtype=np.int64)
+        for r, p in enumerate(prompts):
+            ids = self.encode(p)
+            arr[r, width - len(ids):] = ids
+        return arr
+
+    def to_hf(self):
+        """The same vocabulary as a ``transformers`` fast tokenizer (for exporting the trained model)."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        tok = Tokenizer(models.WordLevel(vocab=dict(self.stoi), unk_token=PAD))
+        tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS)
+
+
+def score(response: str, answer: str) -> float:
+    """The task's verifier: 1.0 when the decoded response is exactly the canonical answer."""
+    return 1.0 if response == answer else 0.0
+
+
+_SPEC = re.compile(r"^([1-4])d([+\-*]+)([1-4])d$")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One difficulty level, parsed from a spec such as ``"2d*1d"``."""
+
+    spec: str
+    a_digits: int
+    ops: str
+    b_digits: int
+
+    @classmethod
+    def parse(cls, spec: str) -> "Level":
+        m = _SPEC.match(spec)
+        if not m:
+            raise ValueError(f"task.levels: bad level spec {spec!r} (want e.g. '1d+-*1d', '2d+-2d', '2d*1d')")
+        return cls(spec, int(m.group(1)), m.group(2), int(m.group(3)))
+
+    def operands(self, digits: int) -> range:
+        return range(0, 10) if digits == 1 else range(10 ** (digits - 1), 10 ** digits)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every (prompt, answer) of the level, in a fixed order."""
+        out = []
+        for a, op, b in itertools.product(self.operands(self.a_digits), self.ops, self.operands(self.b_digits)):
+            value = a + b if op == "+" else a - b if op == "-" else a * b
+            out.append((f"{a}{op}{b}=", str(value)))
+        return out
+
+
+def pool_of(prompt: str, seed: int, val_fraction: float, demo_fraction: float) -> str:
+    """Stable assignment of a problem to ``val`` / ``demo`` / ``rl`` from a hash of its text and the task seed."""
+    h = int.from_bytes(hashlib.blake2b(f"{seed}:{prompt}".encode(), digest_size=8).digest(), "big") / 2.0 ** 64
+    return "val" if h < val_fraction else "demo" if h < val_fraction + demo_fraction else "rl"
+
+
+def build_pools(levels: list[str], seed: int, val_fraction: float, demo_fraction: float) -> dict[str, list[dict]]:
+    """All problems of all levels split into the three disjoint pools; rows are {prompt, answer, level}."""
+    pools: dict[str, list[dict]] = {"demo": [], "rl": [], "val": []}
+    for li, spec in enumerate(levels):
+        for prompt, answer in Level.parse(spec).problems():
+            pools[pool_of(prompt, seed, val_fraction, demo_fraction)].append(
+                {"prompt": prompt, "answer": answer, "level": li})
+    return pools
+
+
+def sample_rows(pool: list[dict], n_levels: int, size: int, rng: np.random.Generator) -> list[dict]:
+    """Up to ``size`` distinct rows, an equal share per level (a level with a smaller pool gives all it has)."""
+    by_level = [[r for r in pool if r["level"] == li] for li in range(n_levels)]
+    by_level = [rows for rows in by_level if rows]
+    rows = []
+    for i, level_rows in enumerate(by_level):
+        share = min(len(level_rows), size // len(by_level) + (1 if i < size % len(by_level) else 0))
+        rows += [level_rows[j] for j in rng.choice(len(level_rows), size=share, replace=False)]
+    return [rows[j] for j in rng.permutation(len(rows))]
+
+
+def _answer_of(row: dict) -> Optional[object]:
+    for key in ("answer", "ground_truth"):
+        if row.get(key) is not None:
+            return row[key]
+    rm = row.get("reward_model")
+    if isinstance(rm, dict) and rm.get("ground_truth") is not None:
+        return rm["ground_truth"]
+    return None
+
+
+def load_rows(path: str, tokenizer: CharTokenizer, prompt_width: int, max_answer_len: int) -> list[dict]:
+    """Read and check a JSONL or parquet task file; raise ``DataError`` naming file, row and field."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: dataset file not found")
+    try:
+        if path.endswith(".parquet"):
+            import pandas as pd
+
+            raw = pd.read_parquet(path).to_dict(orient="records")
+        else:
+            raw = []
+            with open(path, encoding="utf-8") as fh:
+                for r, line in enumerate(fh):
+                    if line.strip():
+                        try:
+                            raw.append(json.loads(line))
+                        except json.JSONDecodeError as err:
+                            raise DataError(f"{path}: row {r}: not valid JSON ({err.msg})") from None
+    except DataError:
+        raise
+    except Exception as err:  # unreadable parquet, bad encoding, ...
+        raise DataError(f"{path}: cannot read dataset file ({type(err).__name__}: {err})") from None
+    if not raw:
+        raise DataError(f"{path}: dataset file has no rows")
+    rows = []
+    for r, row in enumerate(raw):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {r}: expected an object with fields prompt and answer")
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise DataError(f"{path}: row {r}: field 'prompt' missing or not a non-empty string")
+        bad = sorted(set(prompt) - set(SYMBOLS))
+        if bad:
+            raise DataError(f"{path}: row {r}: field 'prompt' has characters outside the vocabulary {SYMBOLS!r}: {bad}")
+        if len(prompt) > prompt_width:
+            raise DataError(f"{path}: row {r}: field 'prompt' is {len(prompt)} characters, task.prompt_width is {prompt_width}")
+        answer = _answer_of(row)
+        if answer is None or str(answer).strip() == "":
+            raise DataError(f"{path}: row {r}: no ground truth (field 'answer', 'ground_truth' or 'reward_model.ground_truth')")
+        answer = str(answer).strip()
+        if not re.fullmatch(r"-?\d+", answer) or len(answer) > max_answer_len:
+            raise DataError(f"{path}: row {r}: field 'answer' {answer!r} is not an integer of at most {max_answer_len} characters")
+        level = row.get("level", 0)
+        if isinstance(level, float) and level.is_integer():
+            level = int(level)
+        if not isinstance(level, (int, np.integer)) or isinstance(level, bool) or level < 0:
+            raise DataError(f"{path}: row {r}: field 'level' must be a non-negative integer, got {level!r}")
+        rows.append({"prompt": prompt, "answer": answer, "level": int(level)})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str) -> None:
+    """Write rows atomically (temp file, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
