@@ -21,6 +21,8 @@ done
 
 if [ -f "configs/local/$config.yaml" ]; then
   exec python -m e3.engines.local --config "configs/local/$config.yaml" ${args[@]+"${args[@]}"}
+elif [ -f "$config" ] && [[ "$config" == configs/local/* || "$config" == */configs/local/* ]]; then
+  exec python -m e3.engines.local --config "$config" ${args[@]+"${args[@]}"}
 elif [ -f "e3/config/$config.yaml" ]; then
   if [ "$E3_GPU" != "1" ]; then
     echo "error: '$config' is a verl config and needs NVIDIA GPUs (none found: nvidia-smi -L failed)." >&2
