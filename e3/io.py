@@ -86,7 +86,8 @@ def _names(kinds) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory) -> None:
+    """fsync a directory so a rename inside it survives a crash (best effort)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -116,7 +117,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path, text: str) -> None:

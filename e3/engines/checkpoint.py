@@ -17,29 +17,10 @@ from typing import Callable, Optional
 
 import torch
 
+from e3.io import atomic_write_text as write_text_atomic  # noqa: F401  (re-exported for the engine)
+from e3.io import fsync_dir as _fsync_dir
+
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save(run_dir: str, step: int, state: dict, keep: int = 2,
@@ -98,7 +79,7 @@ def clean_partial(run_dir: str) -> list[str]:
     removed = []
     if os.path.isdir(root):
         for name in os.listdir(root):
-            if name.startswith((".tmp-", ".old-")) or (name.startswith("latest.tmp-")):
+            if name.startswith((".tmp-", ".old-", ".latest.")):
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True) if os.path.isdir(
                     os.path.join(root, name)) else os.remove(os.path.join(root, name))
                 removed.append(name)
