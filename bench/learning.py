@@ -1,0 +1,327 @@
+"""Learning-efficiency benchmark: accuracy versus cumulative rollouts on the local engine's embedded task.
+
+Every configuration (``bench/common.py``: GRPO, E3 = dynamic rollout + temperature + annealing, PREPO, E3+PREPO,
+the informative-rollout allocator inside E3, ...) runs with the same seeds, the same warm start per seed, the same
+prompts per step, rollout.n = 8 on average and the same number of steps, hence the same total rollouts. From each
+run's ``metrics.jsonl``: cumulative rollouts = sum of ``rollout/n_total`` up to the step, ``val/accuracy`` (held-out
+problems x ``val.n_samples`` samples at T = 1) where validation ran.
+
+Targets (per seed, paired: same warm start and validation problems):
+  * ``full``: the GRPO run's final validation accuracy (PREPO's "same accuracy with fewer rollouts");
+  * ``half``: the warm start's accuracy plus half of GRPO's final gain (reached mid-run: less censored, less noisy).
+Rollouts to a target = first crossing of the validation curve, linearly interpolated between validation points;
+ratio = GRPO's rollouts to the same target / the configuration's (> 1: fewer rollouts than GRPO). Not reached within
+the budget counts as not reached (reported, left out of the mean).
+
+Control: continued supervised training from the same warm start on the same (noisy) demonstrations, at equal
+forward+backward work: as many optimizer steps as the RL runs, each on 256 sequences of the same length
+(an RL step backpropagates through 256 rollouts; it also pays for generation, which the control does not). Learning
+rate = the warm start's final one (``warm_start.min_lr``), constant; evaluated like the RL runs.
+
+``python bench/learning.py [--quick] [--seeds 3] [--configs grpo e3 ...] [--steps 150] [--jobs 2] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (CONFIGS, config_path, curve, fmt, machine, rollouts_to_target, spread,  # noqa: E402
+                          table, write_json_atomic)
+
+DEFAULT_CONFIGS = ["grpo", "e3", "prepo", "e3_prepo", "informative"]
+
+
+def settings(args) -> list[str]:
+    """Dotted overrides shared by every run of this invocation (and the control)."""
+    if args.quick:
+        ov = ["trainer.total_steps=6", "trainer.val_every=3", "task.val_size=90", "val.n_samples=2",
+              "val.greedy=false", "rollout.batch_size=16", "warm_start.steps=20", "task.train_size=256"]
+    else:
+        ov = [f"trainer.total_steps={args.steps}", f"trainer.val_every={args.val_every}"]
+    ov += ["plots=false", "threads=1", f"trainer.save_every={10 ** 6}"]
+    if args.warm_start_cache:
+        ov.append(f"warm_start.cache_dir={args.warm_start_cache}")
+    return ov + list(args.override or [])
+
+
+def run_config(name: str, seed: int, run_dir: str, overrides: list[str]) -> dict:
+    """One local-engine run (fresh run directory); returns its metrics and wall time."""
+    from e3.engines.local import run
+
+    t0 = time.perf_counter()
+    extra = CONFIGS[name][1]
+    res = run(config_path(name), run_dir=run_dir, overrides=[f"seed={seed}", *overrides, *extra], quiet=True)
+    return {"name": name, "seed": seed, "run_dir": res.run_dir, "metrics": res.metrics,
+            "seconds": time.perf_counter() - t0}
+
+
+def run_sft_control(seed: int, run_dir: str, overrides: list[str]) -> dict:
+    """Continued supervised training from the seed's warm start, evaluated like the RL runs (see module doc)."""
+    from omegaconf import OmegaConf
+
+    from e3.engines.local import LocalEngine, evaluate
+    from e3.engines.local_config import load_config
+    from e3.engines.tiny_model import warm_start
+
+    cfg = load_config(config_path("grpo"), [f"seed={seed}", *overrides])
+    os.makedirs(run_dir, exist_ok=True)
+    eng = LocalEngine(cfg, run_dir, quiet=True)
+    t0 = time.perf_counter()
+    info = eng.do_warm_start()
+    steps, every = int(cfg.trainer.total_steps), int(cfg.trainer.val_every)
+    per_step = int(cfg.rollout.batch_size) * int(cfg.rollout.n)
+    ws = OmegaConf.to_container(cfg.warm_start)
+    ws.update({"steps": steps, "batch_size": per_step, "lr": ws["min_lr"], "warmup_steps": 0,
+               "cache_dir": os.path.join(run_dir, "cache")})
+    points, base = [], {}
+
+    def val(step):
+        m, per = evaluate(eng.model, eng.tok, eng.val_rows, cfg, eng.device, cfg.seed * 1_000_003 + step,
+                          base or None)
+        if step == 0:
+            base.update(per)
+        done = points[-1]["step"] if points else 0
+        points.append({"step": step, "rollout/n_total": per_step * (step - done), **m})  # sequences since last point
+        eng.model.train()
+
+    val(0)
+    t_train = time.perf_counter()
+
+    def progress(i, total, loss):
+        if i % every == 0 or i == total:
+            val(i)
+
+    warm_start(eng.model, eng.tok, eng.demo, ws, cfg.task.prompt_width, cfg.task.max_new_tokens, cfg.seed + 104729,
+               {"bench": "sft-control", "seed": seed, "ws": ws}, eng.device, progress)
+    shutil.rmtree(os.path.join(run_dir, "cache"), ignore_errors=True)
+    with open(os.path.join(run_dir, "metrics.jsonl.tmp"), "w", encoding="utf-8") as fh:  # complete runs only
+        fh.writelines(json.dumps(p) + "\n" for p in points)
+    os.replace(os.path.join(run_dir, "metrics.jsonl.tmp"), os.path.join(run_dir, "metrics.jsonl"))
+    return {"name": "sft_control", "seed": seed, "run_dir": run_dir, "metrics": points, "warm_start": info,
+            "seconds": time.perf_counter() - t0, "train_seconds": time.perf_counter() - t_train}
+
+
+def load_runs(dirs: list[str]) -> list[dict]:
+    """Completed runs found under ``dirs`` (subdirectories ``<config>-seed<N>``), for re-analysis of a bench run.
+
+    An RL run counts when its metrics reach its config's ``trainer.total_steps``; a control run writes its
+    metrics.jsonl only when complete.
+    """
+    from omegaconf import OmegaConf
+
+    from bench.common import read_jsonl
+
+    runs = []
+    for d in dirs:
+        for sub in sorted(Path(d).iterdir()):
+            m = re.fullmatch(r"(.+)-seed(\d+)", sub.name)
+            if not m or not (sub / "metrics.jsonl").is_file():
+                continue
+            metrics = read_jsonl(sub / "metrics.jsonl")
+            if (sub / "config.yaml").is_file():
+                want = int(OmegaConf.load(sub / "config.yaml").trainer.total_steps)
+                if not metrics or metrics[-1]["step"] != want:
+                    print(f"  skipping incomplete run {sub} (step {metrics[-1]['step'] if metrics else 0}/{want})")
+                    continue
+            runs.append({"name": m.group(1), "seed": int(m.group(2)), "run_dir": str(sub), "metrics": metrics,
+                         "seconds": math.nan})
+    return runs
+
+
+def analyse(runs: list[dict], configs: list[str], seeds: list[int]) -> dict:
+    by = {(r["name"], r["seed"]): r for r in runs}
+    out = {"per_run": {}, "summary": {}}
+    targets = {}
+    for s in seeds:
+        g = by.get(("grpo", s))
+        if g is None:
+            continue
+        _, x, y = curve(g["metrics"])
+        targets[s] = {"start": float(y[0]), "full": float(y[-1]), "half": float(y[0] + 0.5 * (y[-1] - y[0]))}
+    out["targets"] = targets
+    names = [c for c in configs] + (["sft_control"] if any(r["name"] == "sft_control" for r in runs) else [])
+    for name in names:
+        rows = []
+        for s in seeds:
+            r = by.get((name, s))
+            if r is None:
+                continue
+            steps, x, y = curve(r["metrics"])
+            m_last = [m for m in r["metrics"] if "val/accuracy" in m][-1]
+            row = {"seed": s, "steps": steps.tolist(), "rollouts": x.tolist(), "accuracy": y.tolist(),
+                   "final": float(y[-1]), "gain": float(y[-1] - y[0]),
+                   "gain_stderr": float(m_last.get("val/accuracy_delta_stderr", math.nan)),
+                   "total_rollouts": float(x[-1]), "seconds": r["seconds"]}
+            train = [m for m in r["metrics"] if m["step"] > 0 and "groups/informative_rollouts" in m]
+            if train:
+                row["informative_rollouts"] = float(np.mean([m["groups/informative_rollouts"] for m in train]))
+                row["all_wrong"] = float(np.mean([m["groups/all_wrong"] for m in train]))
+                row["all_correct"] = float(np.mean([m["groups/all_correct"] for m in train]))
+                row["step_seconds"] = float(np.median([m["time/step"] for m in train]))
+            if s in targets:
+                g = by[("grpo", s)]
+                _, gx, gy = curve(g["metrics"])
+                for t in ("full", "half"):
+                    need = rollouts_to_target(x, y, targets[s][t])
+                    g_need = rollouts_to_target(gx, gy, targets[s][t])
+                    row[f"rollouts_to_{t}"] = need
+                    row[f"ratio_{t}"] = g_need / need if math.isfinite(need) and need > 0 else math.nan
+            rows.append(row)
+        if not rows:
+            continue
+        out["per_run"][name] = rows
+        summ = {k: spread([r[k] for r in rows if k in r]) for k in
+                ("final", "gain", "informative_rollouts", "all_wrong", "all_correct", "step_seconds",
+                 "rollouts_to_full", "rollouts_to_half", "ratio_full", "ratio_half")}
+        summ["seeds"] = len(rows)
+        out["summary"][name] = summ
+    return out
+
+
+def report(res: dict) -> str:
+    s = res["summary"]
+    header = ["config", "seeds", "final val acc", "gain vs warm start", "informative rollouts", "all-wrong groups",
+              "rollouts to GRPO-final", "x GRPO", "rollouts to half-gain", "x GRPO (half)"]
+    rows = []
+    for name, m in s.items():
+        def k(key):
+            v = m[key]
+            if v["n"] == 0:
+                return "not reached" if v.get("n_inf") else "-"
+            return fmt(v, 0) + ("" if not v["n_inf"] else "")
+        rows.append([name, m["seeds"], fmt(m["final"]), fmt(m["gain"]), fmt(m["informative_rollouts"]),
+                     fmt(m["all_wrong"]), k("rollouts_to_full"), fmt(m["ratio_full"], 2), k("rollouts_to_half"),
+                     fmt(m["ratio_half"], 2)])
+    return table(header, rows)
+
+
+def figure(res: dict, path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in res["per_run"].items():
+        if not rows:
+            continue
+        n = min(len(r["accuracy"]) for r in rows)
+        x = np.array(rows[0]["rollouts"][:n])
+        ys = np.array([r["accuracy"][:n] for r in rows])
+        ys = ys - ys[:, :1]  # gain over each seed's warm start (seeds start at different accuracies)
+        line, = ax.plot(x, ys.mean(0), marker="o", ms=3, label=name, ls="--" if name == "sft_control" else "-")
+        if len(rows) > 1:
+            ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("cumulative rollouts (control: sequences trained on)")
+    ax.set_ylabel("val accuracy gain over warm start")
+    ax.set_title("mean over seeds; band = min-max", fontsize=9)
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI-sized run (1 seed, 6 steps, tiny warm start)")
+    ap.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default 3; 1 with --quick)")
+    ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
+    ap.add_argument("--steps", type=int, default=150, help="RL steps per run (256 rollouts per step)")
+    ap.add_argument("--val-every", type=int, default=25)
+    ap.add_argument("--no-control", action="store_true", help="skip the supervised-training control")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (one torch thread each)")
+    ap.add_argument("--warm-start-cache", help="warm_start.cache_dir (default: the engine's, ~/.cache/e3)")
+    ap.add_argument("--out", default="outputs/bench/learning", help="output directory (runs, JSON, figure)")
+    ap.add_argument("--control-only", action="store_true", help="run only the supervised-training control")
+    ap.add_argument("--analyse", nargs="+", metavar="RUNS_DIR",
+                    help="no training: re-analyse the completed runs under these runs-* directories")
+    ap.add_argument("override", nargs="*", help="extra dotted overrides for every run, e.g. val.n_samples=2")
+    args = ap.parse_args(argv)
+    if "grpo" not in args.configs and not args.control_only:
+        args.configs = ["grpo", *args.configs]
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
+    out = Path(args.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    runs_dir = out / f"runs-{stamp}"
+    overrides = settings(args)
+    t0 = time.perf_counter()
+    jobs = [] if args.control_only else [("rl", c, s) for s in seeds for c in args.configs]
+    if not args.no_control:
+        jobs += [("sft", "sft_control", s) for s in seeds]
+    runs = []
+    if args.analyse:
+        runs, jobs = load_runs(args.analyse), []
+        names = list(dict.fromkeys(r["name"] for r in runs))
+        args.configs = [n for n in dict.fromkeys(["grpo", *args.configs]) if n in names and n != "sft_control"]
+        args.configs += [n for n in names if n not in args.configs and n != "sft_control"]
+        seeds = sorted({r["seed"] for r in runs})
+        found = ", ".join(f"{r['name']}/seed{r['seed']}" for r in runs)
+        print(f"re-analysing {len(runs)} completed runs: {found}")
+    else:
+        what = "control only" if args.control_only else ", ".join(args.configs) + ("" if args.no_control else " + control")
+        print(f"learning bench: {len(jobs)} runs ({what})"
+              f" x seeds {seeds}; overrides {' '.join(overrides)}", flush=True)
+
+    def submit(ex, kind, name, seed):
+        rd = str(runs_dir / f"{name}-seed{seed}")
+        if kind == "rl":
+            return ex.submit(run_config, name, seed, rd, overrides) if ex else run_config(name, seed, rd, overrides)
+        return ex.submit(run_sft_control, seed, rd, overrides) if ex else run_sft_control(seed, rd, overrides)
+
+    # warm starts first (one per seed, cached by the engine) so parallel jobs do not train the same one twice
+    first = [j for j in jobs if j[1] == "grpo"]
+    rest = [j for j in jobs if j[1] != "grpo"]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as ex:
+            for batch in (first, rest):
+                futs = [(j, submit(ex, *j)) for j in batch]
+                for j, f in futs:
+                    runs.append(f.result())
+                    r = runs[-1]
+                    print(f"  done {r['name']} seed {r['seed']} in {r['seconds']:.0f} s", flush=True)
+    else:
+        for j in first + rest:
+            runs.append(submit(None, *j))
+            print(f"  done {j[1]} seed {j[2]} in {runs[-1]['seconds']:.0f} s", flush=True)
+    res = analyse(runs, args.configs, seeds)
+    res.update({"command": " ".join(["python", "bench/learning.py", *(argv if argv is not None else sys.argv[1:])]),
+                "overrides": overrides, "seeds": seeds, "elapsed_s": time.perf_counter() - t0,
+                "machine": machine(), "runs_dir": str(runs_dir)})
+    write_json_atomic(out / "learning.json", res)
+    fig = figure(res, str(out / "learning_accuracy_vs_rollouts.png"))
+    print(report(res))
+    t = res["targets"]
+    print("targets per seed (val accuracy): " + "; ".join(
+        f"seed {s}: start {v['start']:.4f}, GRPO final {v['full']:.4f}, half-gain {v['half']:.4f}" for s, v in t.items()))
+    best = max((n for n in res["summary"] if n not in ("grpo", "sft_control")),
+               key=lambda n: np.nan_to_num(res["summary"][n]["ratio_full"]["mean"], nan=-1), default=None)
+    print(f"elapsed {res['elapsed_s']:.0f} s; JSON {out / 'learning.json'}" + (f"; figure {fig}" if fig else ""))
+    if best is not None:
+        r = res["summary"][best]["ratio_full"]
+        print(f"best rollouts-to-GRPO-final ratio vs GRPO: {r['mean']:.2f} ± {r['std']:.2f} (config {best}, "
+              f"{r['n']} of {res['summary'][best]['seeds']} seeds reached)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
