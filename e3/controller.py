@@ -85,6 +85,8 @@ class E3Controller:
 
     def plan(self, indices, total: int | None = None) -> StepPlan:
         idx = np.asarray(indices).ravel()
+        if idx.size == 0:
+            idx = idx.astype(np.int64)
         n = self.allocator.allocate(idx, total)
         self._plan = StepPlan(idx, n, self.temperature)
         return self._plan
@@ -96,7 +98,7 @@ class E3Controller:
         (token-weighted mean and length bias).
         """
         a = self.cfg.advantage
-        s = np.asarray(scores, dtype=np.float64)
+        s = _finite_scores(scores)
         if a.length_bias:
             if lengths is None:
                 raise ValueError("advantage.length_bias needs response lengths")
@@ -121,7 +123,7 @@ class E3Controller:
         Returns the step's metrics (shared names: step, rollout/*, reward/mean, groups/*).
         """
         idx = np.asarray(rollout_indices).ravel()
-        s = np.asarray(scores, dtype=np.float64).ravel()
+        s = _finite_scores(scores).ravel()
         used_tau = self._plan.temperature if self._plan is not None else self.temperature
         self.allocator.observe(idx, s)
         self.step += 1
@@ -156,3 +158,13 @@ class E3Controller:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.pacer is not None and state.get("pacer") is not None:
             self.pacer.load_state_dict(state["pacer"])
+
+
+def _finite_scores(scores) -> np.ndarray:
+    """Scores as float64; a NaN/inf score (a broken custom reward) is refused before any state changes."""
+    s = np.asarray(scores, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(s.ravel()))
+    if bad.size:
+        raise ValueError(f"{bad.size} non-finite score(s) at rollout positions {bad[:10].tolist()}: "
+                         "a reward must be a finite number")
+    return s

@@ -50,7 +50,11 @@ def save(run_dir: str, step: int, state: dict, keep: int = 2,
     _fsync_dir(root)
     write_text_atomic(os.path.join(root, "latest"), name + "\n")
     for old_step in list_steps(run_dir)[:-max(1, keep)]:
-        shutil.rmtree(os.path.join(root, f"step_{old_step:06d}"), ignore_errors=True)
+        # rename first: a kill during the delete leaves a hidden .old-* dir (removed by clean_partial), never a
+        # half-deleted step_* that looks like a checkpoint
+        doomed = os.path.join(root, f".old-step_{old_step:06d}-{os.getpid()}")
+        os.replace(os.path.join(root, f"step_{old_step:06d}"), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

@@ -170,8 +170,13 @@ def load_rows(path: str, tokenizer: CharTokenizer, prompt_width: int, max_answer
             raw = pd.read_parquet(path).to_dict(orient="records")
         else:
             raw = []
-            with open(path, encoding="utf-8") as fh:
-                for r, line in enumerate(fh):
+            with open(path, "rb") as fh:
+                for r, raw_line in enumerate(fh):
+                    try:
+                        line = raw_line.decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        raise DataError(f"{path}: row {r}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                                        "save the file as UTF-8") from None
                     if line.strip():
                         try:
                             raw.append(json.loads(line))
