@@ -1,12 +1,9 @@
 """E3 Algorithm 1 (difficulty-aware rollout budgets), its fixes, the epoch schedule and the difficulty tracker."""
 
-import io
 import json
-import pickle
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -352,15 +349,8 @@ def _next_decisions(alloc, idx):
     return out
 
 
-def _pickle(state):
-    return pickle.loads(pickle.dumps(state))
-
-
-def _torch_save(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+from roundtrip import pickle_roundtrip as _pickle  # noqa: E402
+from roundtrip import torch_roundtrip as _torch_save  # noqa: E402
 
 
 def _json(state):

@@ -1,11 +1,8 @@
 """The driver-side facade E3Controller over a few synthetic epochs: plan -> sample -> advantages -> observe."""
 
-import io
-import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from e3.advantage import grpo_advantages, length_bias_scores
 from e3.config import E3Config
@@ -185,15 +182,8 @@ def test_end_epoch_needs_dataset_indices():
         ctl.end_epoch()
 
 
-def _pickle(state):
-    return pickle.loads(pickle.dumps(state))
-
-
-def _torch_save(state):
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
+from roundtrip import pickle_roundtrip as _pickle  # noqa: E402
+from roundtrip import torch_roundtrip as _torch_save  # noqa: E402
 
 
 @pytest.mark.parametrize("roundtrip", [_pickle, _torch_save])
