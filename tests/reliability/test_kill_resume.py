@@ -93,7 +93,8 @@ if kill and kill["point"] == "prune":  # removing an old checkpoint: its first f
     real_rmtree = shutil.rmtree
     def rmtree(path, *args, **kwargs):
         name = os.path.basename(str(path))
-        if state["step"] == kill["step"] and name.startswith("step_") and os.path.isdir(path):
+        pruned = "step_" in name and not name.startswith(".tmp-")  # the old checkpoint, renamed or not
+        if state["step"] == kill["step"] and pruned and os.path.isdir(path):
             first = next(os.scandir(path)).name  # the entry rmtree removes first
             os.remove(os.path.join(path, first))
             log({"event": "killed_mid_prune", "step": state["step"], "dir": name, "removed": first})
