@@ -13,12 +13,11 @@ source (the E3 run validates on 128 each of AIME, AMC, MATH and OlympiadBench). 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from e3.benchmarks import BENCHMARKS, BenchmarkUnavailable, load_problems
 from e3.data import DEFAULT_INSTRUCTION, make_row, write_rows
-from e3.io import DataError
+from e3.io import run_cli
 
 DEFAULT = ("aime24", "amc23", "math500", "olympiadbench")
 
@@ -53,7 +52,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

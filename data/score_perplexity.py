@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
 import torch
 
 from e3.data import validate_file, write_rows
-from e3.io import DataError
+from e3.io import run_cli
 
 
 def prompt_ids(tokenizer, messages) -> list[int]:
@@ -76,7 +75,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

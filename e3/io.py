@@ -175,3 +175,13 @@ class JsonlAppender:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def run_cli(main) -> None:
+    """Run a command-line ``main()``: its return code is the exit status; a ``DataError`` is one line, exit 1."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except DataError as e:
+        sys.exit(f"error: {e}")
