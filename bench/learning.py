@@ -313,13 +313,21 @@ def main(argv=None) -> int:
     t = res["targets"]
     print("targets per seed (val accuracy): " + "; ".join(
         f"seed {s}: start {v['start']:.4f}, GRPO final {v['full']:.4f}, half-gain {v['half']:.4f}" for s, v in t.items()))
-    best = max((n for n in res["summary"] if n not in ("grpo", "sft_control")),
-               key=lambda n: np.nan_to_num(res["summary"][n]["ratio_full"]["mean"], nan=-1), default=None)
+    # a configuration counts as reaching GRPO's final accuracy only if it did on every seed; partial ones are named
+    cands = [n for n in res["summary"] if n not in ("grpo", "sft_control")]
+    full = [n for n in cands if res["summary"][n]["ratio_full"]["n"] == res["summary"][n]["seeds"]]
     print(f"elapsed {res['elapsed_s']:.0f} s; JSON {out / 'learning.json'}" + (f"; figure {fig}" if fig else ""))
-    if best is not None:
+    if full:
+        best = max(full, key=lambda n: res["summary"][n]["ratio_full"]["mean"])
         r = res["summary"][best]["ratio_full"]
         print(f"best rollouts-to-GRPO-final ratio vs GRPO: {r['mean']:.2f} ± {r['std']:.2f} (config {best}, "
-              f"{r['n']} of {res['summary'][best]['seeds']} seeds reached)")
+              f"all {r['n']} seeds reached)")
+    elif cands:
+        part = [n for n in cands if res["summary"][n]["ratio_full"]["n"] > 0]
+        note = "; ".join(f"{n} {res['summary'][n]['ratio_full']['mean']:.2f} on {res['summary'][n]['ratio_full']['n']}"
+                         f" of {res['summary'][n]['seeds']} seeds" for n in part)
+        print("best rollouts-to-GRPO-final ratio vs GRPO: none (no configuration reached GRPO's final accuracy on "
+              f"every seed{'; partial: ' + note if note else ''})")
     return 0
 
 
