@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: the local-engine configurations compared, reading a run's metrics into an
+"""Shared helpers of the benchmark scripts: the local-engine configurations compared, the overrides every run of a
+bench gets, running units of work in phases on a process pool, reading a run's metrics into an
 accuracy-versus-cumulative-rollouts curve, rollouts-to-target by linear interpolation, mean/spread and plain tables.
 """
 
@@ -10,6 +11,8 @@ import os
 import platform
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,33 @@ def config_path(name: str) -> str:
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(CONFIGS)}")
     return str(CONFIG_DIR / CONFIGS[name][0])
+
+
+def run_overrides(quick: list[str] | None, steps: int, val_every: int) -> list[str]:
+    """Dotted overrides for every run of a bench: the ``quick`` (CI-sized) ones, or the run length; then no plots,
+    one torch thread, no intermediate checkpoints."""
+    ov = list(quick) if quick is not None else [f"trainer.total_steps={steps}", f"trainer.val_every={val_every}"]
+    return ov + ["plots=false", "threads=1", f"trainer.save_every={10 ** 6}"]
+
+
+def run_phases(fn, phases: list[list[tuple]], jobs: int, done=None) -> list:
+    """``fn(*unit)`` for every unit, phase after phase (a phase starts when the previous one has finished, e.g. so
+    that warm starts are trained and cached once), ``jobs`` processes at a time (spawned; ``fn`` must be importable).
+    ``done(result)`` is called as each result arrives, in submission order within a phase. Returns all results."""
+    out = []
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as ex:
+            for phase in phases:
+                for f in [ex.submit(fn, *u) for u in phase]:
+                    out.append(f.result())
+                    if done:
+                        done(out[-1])
+    else:
+        for u in (u for phase in phases for u in phase):
+            out.append(fn(*u))
+            if done:
+                done(out[-1])
+    return out
 
 
 def read_jsonl(path) -> list[dict]:

@@ -31,8 +31,6 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (CONFIGS, config_path, curve, fmt, machine, rollouts_to_target, spread,  # noqa: E402
-                          table, write_json_atomic)
+from bench.common import (CONFIGS, config_path, curve, fmt, machine, rollouts_to_target, run_overrides,  # noqa: E402
+                          run_phases, spread, table, write_json_atomic)
 
 DEFAULT_CONFIGS = ["grpo", "e3", "prepo", "e3_prepo", "informative"]
 
 
 def settings(args) -> list[str]:
     """Dotted overrides shared by every run of this invocation (and the control)."""
-    if args.quick:
-        ov = ["trainer.total_steps=6", "trainer.val_every=3", "task.val_size=90", "val.n_samples=2",
-              "val.greedy=false", "rollout.batch_size=16", "warm_start.steps=20", "task.train_size=256"]
-    else:
-        ov = [f"trainer.total_steps={args.steps}", f"trainer.val_every={args.val_every}"]
-    ov += ["plots=false", "threads=1", f"trainer.save_every={10 ** 6}"]
+    quick = ["trainer.total_steps=6", "trainer.val_every=3", "task.val_size=90", "val.n_samples=2",
+             "val.greedy=false", "rollout.batch_size=16", "warm_start.steps=20", "task.train_size=256"]
+    ov = run_overrides(quick if args.quick else None, args.steps, args.val_every)
     if args.warm_start_cache:
         ov.append(f"warm_start.cache_dir={args.warm_start_cache}")
     return ov + list(args.override or [])
@@ -69,6 +64,11 @@ def run_config(name: str, seed: int, run_dir: str, overrides: list[str]) -> dict
     res = run(config_path(name), run_dir=run_dir, overrides=[f"seed={seed}", *overrides, *extra], quiet=True)
     return {"name": name, "seed": seed, "run_dir": res.run_dir, "metrics": res.metrics,
             "seconds": time.perf_counter() - t0}
+
+
+def run_job(kind: str, name: str, seed: int, run_dir: str, overrides: list[str]) -> dict:
+    """One run of the bench (a process-pool task): an RL configuration or the supervised control."""
+    return run_config(name, seed, run_dir, overrides) if kind == "rl" else run_sft_control(seed, run_dir, overrides)
 
 
 def run_sft_control(seed: int, run_dir: str, overrides: list[str]) -> dict:
@@ -282,27 +282,11 @@ def main(argv=None) -> int:
         print(f"learning bench: {len(jobs)} runs ({what})"
               f" x seeds {seeds}; overrides {' '.join(overrides)}", flush=True)
 
-    def submit(ex, kind, name, seed):
-        rd = str(runs_dir / f"{name}-seed{seed}")
-        if kind == "rl":
-            return ex.submit(run_config, name, seed, rd, overrides) if ex else run_config(name, seed, rd, overrides)
-        return ex.submit(run_sft_control, seed, rd, overrides) if ex else run_sft_control(seed, rd, overrides)
-
     # warm starts first (one per seed, cached by the engine) so parallel jobs do not train the same one twice
-    first = [j for j in jobs if j[1] == "grpo"]
-    rest = [j for j in jobs if j[1] != "grpo"]
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as ex:
-            for batch in (first, rest):
-                futs = [(j, submit(ex, *j)) for j in batch]
-                for j, f in futs:
-                    runs.append(f.result())
-                    r = runs[-1]
-                    print(f"  done {r['name']} seed {r['seed']} in {r['seconds']:.0f} s", flush=True)
-    else:
-        for j in first + rest:
-            runs.append(submit(None, *j))
-            print(f"  done {j[1]} seed {j[2]} in {runs[-1]['seconds']:.0f} s", flush=True)
+    phases = [[(*j, str(runs_dir / f"{j[1]}-seed{j[2]}"), overrides) for j in jobs if (j[1] == "grpo") == first]
+              for first in (True, False)]
+    runs += run_phases(run_job, phases, args.jobs,
+                       lambda r: print(f"  done {r['name']} seed {r['seed']} in {r['seconds']:.0f} s", flush=True))
     res = analyse(runs, args.configs, seeds)
     res.update({"command": " ".join(["python", "bench/learning.py", *(argv if argv is not None else sys.argv[1:])]),
                 "overrides": overrides, "seeds": seeds, "elapsed_s": time.perf_counter() - t0,

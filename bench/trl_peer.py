@@ -24,8 +24,6 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import CONFIGS, config_path, curve, machine, table, write_json_atomic  # noqa: E402
+from bench.common import (CONFIGS, config_path, curve, machine, run_overrides, run_phases, table,  # noqa: E402
+                          write_json_atomic)
 
 
 def _cfg(seed: int, overrides: list[str]):
@@ -166,30 +165,17 @@ def main(argv=None) -> int:
     except ImportError as err:
         print(f"TRL is not installed ({err}); install trl==1.16.0 (pip install -e .[bench])", file=sys.stderr)
         return 2
-    if args.quick:
-        ov = ["trainer.total_steps=3", "trainer.val_every=3", "task.val_size=60", "val.n_samples=1",
-              "val.greedy=false", "rollout.batch_size=8", "warm_start.steps=20", "task.train_size=128"]
-    else:
-        ov = [f"trainer.total_steps={args.steps}", f"trainer.val_every={args.val_every}"]
-    ov += ["plots=false", "threads=1", f"trainer.save_every={10 ** 6}"]
+    quick = ["trainer.total_steps=3", "trainer.val_every=3", "task.val_size=60", "val.n_samples=1",
+             "val.greedy=false", "rollout.batch_size=8", "warm_start.steps=20", "task.train_size=128"]
+    ov = run_overrides(quick if args.quick else None, args.steps, args.val_every)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     # units of work: (kind, config, seed); our GRPO first for every seed, which trains and caches that seed's warm start
     first = [("ours", "grpo", s) for s in range(args.seeds)]
     rest = [("trl", "trl_grpo", s) for s in range(args.seeds)]  # the longest runs first
     rest += [("ours", c, s) for s in range(args.seeds) for c in args.configs if c != "grpo"]
-    runs = []
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as ex:
-            for batch in (first, rest):
-                futs = [ex.submit(run_unit, *u, ov, str(out)) for u in batch]
-                for f in futs:
-                    runs.append(f.result())
-                    print(f"  done {runs[-1]['name']} seed {runs[-1]['seed']} in {runs[-1]['seconds']:.0f} s", flush=True)
-    else:
-        for u in first + rest:
-            runs.append(run_unit(*u, ov, str(out)))
-            print(f"  done {runs[-1]['name']} seed {runs[-1]['seed']} in {runs[-1]['seconds']:.0f} s", flush=True)
+    runs = run_phases(run_unit, [[(*u, ov, str(out)) for u in phase] for phase in (first, rest)], args.jobs,
+                      lambda r: print(f"  done {r['name']} seed {r['seed']} in {r['seconds']:.0f} s", flush=True))
     order = {n: i for i, n in enumerate(["grpo", "trl_grpo", *args.configs])}
     runs.sort(key=lambda r: (r["seed"], order[r["name"]]))
     res = {"command": " ".join(["python", "bench/trl_peer.py", *(argv if argv is not None else sys.argv[1:])]),
