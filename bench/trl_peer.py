@@ -1,4 +1,4 @@
-"""Peer run: TRL's ``GRPOTrainer`` (trl==1.16.0) beside our local engine, on the same work.
+"""Peer run: TRL's ``GRPOTrainer`` (trl==1.16.0, in ``.venv/trl-peer``) beside our local engine, on the same work.
 
 Same for both: the engine's tiny Llama after the seed's supervised warm start (saved as a transformers model
 directory with the locally built character tokenizer, ``CharTokenizer.to_hf()``), the embedded arithmetic task, the
@@ -34,6 +34,30 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (CONFIGS, config_path, curve, machine, run_overrides, run_phases, table,  # noqa: E402
                           write_json_atomic)
+
+
+def trl_peer_requirement() -> str:
+    """The TRL release this peer run measures (``[tool.e3] trl-peer`` in pyproject.toml, e.g. ``trl==1.16.0``)."""
+    import tomllib
+
+    with open(ROOT / "pyproject.toml", "rb") as fh:
+        return tomllib.load(fh)["tool"]["e3"]["trl-peer"]
+
+
+def use_trl_peer() -> str:
+    """Put ``.venv/trl-peer`` (TRL's peer release, installed there by scripts/_venv.sh) ahead of the main
+    environment's trl, which is verl's pin (0.27.0); child processes inherit it through PYTHONPATH.
+
+    Returns the required version; ``main`` refuses to run with any other.
+    """
+    site = Path(sys.prefix) / "trl-peer"
+    if site.is_dir() and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return trl_peer_requirement().split("==", 1)[1]
+
+
+TRL_VERSION = use_trl_peer()
 
 
 def _cfg(seed: int, overrides: list[str]):
@@ -161,9 +185,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="outputs/bench/trl_peer")
     args = ap.parse_args(argv)
     try:
-        import trl  # noqa: F401
+        import trl
     except ImportError as err:
-        print(f"TRL is not installed ({err}); install trl==1.16.0 (pip install -e .[bench])", file=sys.stderr)
+        trl = err
+    if getattr(trl, "__version__", None) != TRL_VERSION:
+        found = getattr(trl, "__version__", trl)
+        print(f"the peer run needs trl=={TRL_VERSION} in {Path(sys.prefix) / 'trl-peer'} (found: {found}); "
+              f"run bash scripts/test.sh once, or: pip install --no-deps --target {Path(sys.prefix) / 'trl-peer'} "
+              f"trl=={TRL_VERSION}", file=sys.stderr)
         return 2
     quick = ["trainer.total_steps=3", "trainer.val_every=3", "task.val_size=60", "val.n_samples=1",
              "val.greedy=false", "rollout.batch_size=8", "warm_start.steps=20", "task.train_size=128"]
