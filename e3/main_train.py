@@ -84,6 +84,14 @@ def prepare_cpu(config) -> str | None:
     return run_dir
 
 
+def compose(config_name: str = "e3_trainer", overrides=()):
+    """The config ``python -m e3.main_train --config-name NAME k=v ...`` runs (hydra's compose API)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="e3_trainer", version_base=None)
 def main(config) -> None:
     run(config)
