@@ -190,3 +190,29 @@ def test_weight_sync_loads_every_tensor_or_refuses(server, tmp_path):
     result = run(srv.update_weights(sent, 7))
     assert result["version"] == 7 and run(srv.status())["weights_version"] == 7
     assert all(torch.equal(v, other[k]) for k, v in srv.model.state_dict().items())
+
+
+def test_the_public_verl_symbols_the_plugin_builds_on():
+    """The public extension points and behaviours e3/engines/verl/cpu relies on (verl 0.9.1), in one place."""
+    import inspect
+
+    import verl
+    from verl.plugin.platform import PlatformBase, PlatformRegistry, get_platform, set_platform
+    from verl.single_controller.ray.base import ResourcePoolManager
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.rollout.base import BaseRollout
+    from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry, TokenOutput
+
+    from e3.engines.verl.cpu.platform import CPUPlatform
+
+    assert callable(get_platform) and callable(set_platform) and callable(PlatformRegistry.register)
+    assert not getattr(CPUPlatform, "__abstractmethods__", None)  # implements every abstract method of this verl
+    assert {"resume", "update_weights", "release"} <= BaseRollout.__abstractmethods__
+    assert RolloutReplica.__abstractmethods__ == frozenset({"launch_servers"}) and RolloutMode.HYBRID
+    assert list(inspect.signature(RolloutReplicaRegistry.register).parameters) == ["name", "loader"]
+    assert {"token_ids", "log_probs", "stop_reason", "extra_fields"} <= set(TokenOutput.model_fields)
+    # loaded by `import verl` in every process; the engine lookup honours VERL_ENGINE_DEVICE
+    assert "VERL_USE_EXTERNAL_MODULES" in inspect.getsource(verl)
+    assert 'os.getenv("VERL_ENGINE_DEVICE")' in inspect.getsource(EngineRegistry.new)
+    # why the platform names its Ray resource "GPU": verl counts only GPU/NPU node resources
+    assert '"GPU"' in inspect.getsource(ResourcePoolManager._check_resource_available)
