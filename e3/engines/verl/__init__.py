@@ -4,6 +4,8 @@
 - ``rollout``:  ``E3AgentLoopManager`` / ``E3AgentLoopWorker``, verl's agent loop plus a per-prompt temperature.
 - ``rollouts``: pure helpers that turn TransferQueue rows into per-rollout arrays and back.
 - ``runner``:   ``E3TaskRunner``, verl's v1 task runner that registers our trainer inside its Ray actor.
+- ``cpu``:      verl without a GPU: the ``e3_cpu`` platform and the ``hf`` rollout backend (a verl plugin loaded with
+  ``VERL_USE_EXTERNAL_MODULES``), and the assets of the ``verl_cpu_tiny`` run.
 
 Entry point: ``python -m e3.main_train`` (hydra, config ``e3/config/e3_trainer.yaml`` and the paper runs).
 Submodules are imported on demand: importing this package does not start Ray or import verl.

@@ -8,10 +8,11 @@ A random model never answers right, and with all-zero rewards GRPO has no gradie
 with a short supervised pass over the *demonstration* pool (prompt, answer, eos; loss on the answer); RL then runs
 on the disjoint RL pool, where the warm-started model is right on some samples and wrong on others.
 
-``prepare(options)`` builds all of it once into ``<cache_dir>/<hash of the options>/`` (default
-``~/.cache/e3/verl_cpu_tiny``; written to a temporary folder, then renamed) and returns that folder:
-``model/`` (transformers format, with the tokenizer), ``train.parquet`` and ``val.parquet`` (verl rows with
-``extra_info.index``). ``compute_score`` is the task's verifier with verl's reward signature.
+``prepare(options)`` builds all of it once under ``cache_dir`` (default ``~/.cache/e3/verl_cpu_tiny``; each folder
+written under a temporary name, then renamed): ``model-<hash>/`` (transformers format with the tokenizer, keyed by
+what determines the warm start) and ``data-<hash>/{train,val}.parquet`` (verl rows with ``extra_info.index``,
+keyed by all options). ``prepare_run`` fills a composed config's ``cpu_tiny`` folders; ``summary`` reads a run's
+``metrics.jsonl``. ``compute_score`` is the task's verifier with verl's reward signature.
 """
 
 from __future__ import annotations
