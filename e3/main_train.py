@@ -78,6 +78,9 @@ def prepare_cpu(config) -> str | None:
         run_dir = prepare_run(config)
     OmegaConf.resolve(config)
     from e3.engines.verl.cpu import activate
+    from e3.engines.verl.cpu.sampler import check_config
+
+    check_config(config)
 
     env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
     activate(OmegaConf.to_container(env_vars) if env_vars is not None else None)
