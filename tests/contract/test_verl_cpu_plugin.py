@@ -216,3 +216,18 @@ def test_the_public_verl_symbols_the_plugin_builds_on():
     assert 'os.getenv("VERL_ENGINE_DEVICE")' in inspect.getsource(EngineRegistry.get_engine_cls)
     # why the platform names its Ray resource "GPU": verl counts only GPU/NPU node resources
     assert '"GPU"' in inspect.getsource(ResourcePoolManager._check_resource_available)
+
+
+def test_verl_builds_the_polling_replay_buffer_from_the_cpu_config():
+    """verl's trainer builds the configured custom sampler; settings verl would not pass it are refused."""
+    from e3.engines.verl.cpu.sampler import PollingReplayBuffer, check_config
+    from e3.engines.verl.trainer import E3Trainer
+    from e3.main_train import compose
+
+    config = compose("verl_cpu_tiny")
+    check_config(config)
+    buffer = E3Trainer(config).replay_buffer  # built by verl's PPOTrainer._build_replay_buffer
+    assert type(buffer) is PollingReplayBuffer and buffer.poll_interval == pytest.approx(0.05)
+    for key in ("algorithm.filter_groups.enable=true", "trainer.v1.sampler.sync_refill_failed_groups=true"):
+        with pytest.raises(ValueError, match=key.split("=")[0].replace(".", r"\.")):
+            check_config(compose("verl_cpu_tiny", [key]))
