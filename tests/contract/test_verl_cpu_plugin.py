@@ -197,7 +197,7 @@ def test_the_public_verl_symbols_the_plugin_builds_on():
     import inspect
 
     import verl
-    from verl.plugin.platform import PlatformBase, PlatformRegistry, get_platform, set_platform
+    from verl.plugin.platform import PlatformRegistry, get_platform, set_platform
     from verl.single_controller.ray.base import ResourcePoolManager
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.rollout.base import BaseRollout

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import ray
@@ -44,7 +42,6 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 
-logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "hf"
 DEFAULTS = {"max_batch": 256, "batch_wait_ms": 5.0, "threads": 0, "request_log": None}
@@ -111,7 +108,6 @@ class SamplingKey:
     top_k: int
     repetition_penalty: float
     max_tokens: int
-    extra: dict = field(default_factory=dict)
 
     def astuple(self) -> tuple:
         return (self.temperature, self.top_p, self.top_k, self.repetition_penalty, self.max_tokens)
