@@ -2,7 +2,7 @@
 
 One module-scoped run of ``PPOTrainer.fit`` (6 steps, batch 4 prompts x n=4, an E3 epoch ends after step 4, checkpoints
 at steps 3 and 6), then a resumed run from the step-6 checkpoint. See ``verl_harness`` for what is real and what is
-replaced. Ray + TransferQueue start once for the module (one storage unit: the default 8 hang a 2-CPU Ray cluster).
+replaced; the Ray + TransferQueue and model fixtures are in conftest.
 """
 
 from __future__ import annotations
@@ -23,94 +23,14 @@ tq = pytest.importorskip("transfer_queue")
 from omegaconf import OmegaConf  # noqa: E402
 
 from e3.advantage import grpo_advantages  # noqa: E402
-from e3.data import write_rows  # noqa: E402
 from e3.temperature import temperature_update  # noqa: E402
 
-from .verl_harness import ScriptedServer, arithmetic_rows, assemble, build_tiny_model  # noqa: E402
+from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls  # noqa: E402
 
 B, N = 4, 4
 SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",
           "rollout/n_max", "rollout/n_total", "reward/mean", "groups/all_correct", "groups/all_wrong",
           "groups/informative_rollouts"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import verl
-
-    if ray.is_initialized():  # left over from another module: start clean, with our resource limits
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
-                                       "transfer_queue.yaml"))
-    conf.backend.SimpleStorage.num_data_storage_units = 1
-    conf.backend.SimpleStorage.total_storage_size = 20000
-    tq.init(conf)
-    yield
-    tq.close()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("verl_e3")
-    build_tiny_model(root / "model")
-    write_rows(arithmetic_rows(16, "train"), root / "train.parquet")
-    write_rows(arithmetic_rows(4, "valid", start=100), root / "valid.parquet")
-    return root
-
-
-def compose(workdir, *extra):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from e3.main_train import CONFIG_DIR
-
-    overrides = [
-        f"actor_rollout_ref.model.path={workdir / 'model'}",
-        f"data.train_files={workdir / 'train.parquet'}", f"data.val_files={workdir / 'valid.parquet'}",
-        f"data.train_batch_size={B}", "data.dataloader_num_workers=0", "data.max_prompt_length=128",
-        "data.max_response_length=32", "data.seed=7",
-        f"actor_rollout_ref.rollout.n={N}", "actor_rollout_ref.rollout.name=vllm",
-        "actor_rollout_ref.rollout.calculate_log_probs=false", "actor_rollout_ref.rollout.agent.num_workers=1",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={B}",
-        "e3.allocation.n_low=2", "e3.allocation.n_high=6", "e3.allocation.n_update=2",
-        "reward.num_workers=1", "trainer.n_gpus_per_node=1", "trainer.total_epochs=2",
-        "trainer.total_training_steps=6", "trainer.save_freq=3", "trainer.test_freq=3",
-        "trainer.logger=[console,file,tensorboard]", f"trainer.default_local_dir={workdir / 'ckpt'}",
-        *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return hydra_compose(config_name="e3_trainer", overrides=overrides)
-
-
-def spy_trainer_cls():
-    """E3Trainer plus a record of every step's plan and of the advantages it wrote (no behaviour change)."""
-    from e3.engines.verl.trainer import E3Trainer
-
-    class Spy(E3Trainer):
-        def __init__(self, config, server):
-            super().__init__(config)
-            self.server, self.plans, self.adv_rows = server, [], []
-
-        def _next_train_batch(self, num_prompts=None):
-            batch = super()._next_train_batch(num_prompts)
-            self.plans.append({"step": self.global_steps, "first_request": len(self.server.requests),
-                               "index": [int(i) for i in batch["index"]],
-                               "n": batch["__rollout_n__"].tolist(), "tau": batch["__temperature__"].tolist(),
-                               "config_tau": float(self.config.actor_rollout_ref.rollout.temperature)})
-            return batch
-
-        def _compute_advantage(self, batch, metrics):
-            batch = super()._compute_advantage(batch, metrics)
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                                   select_fields=["uid", "index", "rm_scores", "advantages", "response_mask"])
-            self.adv_rows.append({"step": self.global_steps, "uid": list(data["uid"]),
-                                  "index": [int(i) for i in data["index"]],
-                                  "score": [float(t.sum()) for t in data["rm_scores"].unbind()],
-                                  "adv": [t.tolist() for t in data["advantages"].unbind()]})
-            return batch
-
-    return Spy
 
 
 @pytest.fixture(scope="module")
