@@ -126,3 +126,46 @@ def test_overrides_and_bad_keys():
     with pytest.raises(ValueError, match="adv_estimator"):
         cfg = compose("e3_trainer", "algorithm.adv_estimator=gae")
         check_supported(cfg, e3_config_from(cfg))
+
+
+REFUSED = {
+    "parameter_sync_step": (("+trainer.v1.sync.parameter_sync_step=2",),
+                            r"trainer\.v1\.sync\.parameter_sync_step=2: .*k times too fast"),
+    "prepo_weighting_bypass": (("e3.temperature.enable=false", "e3.weighting.enable=true",
+                                "algorithm.rollout_correction.bypass_mode=true"),
+                               r"algorithm\.rollout_correction\.bypass_mode=true .*no `entropy` field.*e3\.weighting"),
+    "temperature_bypass": (("algorithm.rollout_correction.bypass_mode=true",),
+                           r"algorithm\.rollout_correction\.bypass_mode=true .*e3\.temperature"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED) + ["hdfs_without_client"])
+def test_settings_the_adapter_cannot_honour_are_refused_by_the_preflight(case):
+    """``python -m e3.main_train`` stops on the driver, before Ray or any worker starts, naming the key."""
+    import shutil
+
+    from e3.engines.verl.trainer import E3Trainer
+    from e3.main_train import preflight
+
+    if case == "hdfs_without_client":
+        if shutil.which("hdfs"):
+            pytest.skip("an `hdfs` client is installed here: checks the refusal without one")
+        overrides, message = ("trainer.default_hdfs_dir=hdfs://cluster/e3",), r"trainer\.default_hdfs_dir=hdfs://"
+    else:
+        overrides, message = REFUSED[case]
+    cfg = compose("e3_r1_1.5b", *overrides)
+    with pytest.raises(ValueError, match=message):
+        preflight(cfg)
+    with pytest.raises(ValueError, match=message):  # and the trainer itself, if built some other way
+        E3Trainer(cfg)
+
+
+def test_settings_next_to_the_refused_ones_pass():
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+
+    for overrides in [("+trainer.v1.sync.parameter_sync_step=1",),
+                      ("e3.temperature.enable=false", "algorithm.rollout_correction.bypass_mode=true"),
+                      ("e3.weighting.enable=true", "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum"),
+                      ("trainer.default_hdfs_dir=/mnt/shared/e3",)]:
+        cfg = compose("e3_r1_1.5b", *overrides)
+        check_supported(cfg, e3_config_from(cfg))

@@ -1,8 +1,8 @@
 """Contract: E3Trainer inside verl 0.9.1's real training loop on CPU (only the LLM server and the GPU workers fake).
 
 One module-scoped run of ``PPOTrainer.fit`` (6 steps, batch 4 prompts x n=4, an E3 epoch ends after step 4, checkpoints
-at steps 3 and 6), then a resumed run from the step-6 checkpoint. See ``verl_harness`` for what is real and what is
-replaced; the Ray + TransferQueue and model fixtures are in conftest.
+at steps 3 and 6 — also copied to ``trainer.default_hdfs_dir``), then a resumed run from the step-6 checkpoint. See
+``verl_harness`` for what is real and what is replaced; the Ray + TransferQueue and model fixtures are in conftest.
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ from e3.temperature import temperature_update  # noqa: E402
 from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls  # noqa: E402
 
 B, N = 4, 4
+
+
+def main_run(workdir):
+    """This module's settings on top of ``compose``'s: a remote checkpoint folder (a local path: verl's hdfs_io
+    copies those with shutil)."""
+    return (f"trainer.default_hdfs_dir={workdir / 'remote'}",)
+
+
 SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",
           "rollout/n_max", "rollout/n_total", "reward/mean", "groups/all_correct", "groups/all_wrong",
           "groups/informative_rollouts"]
@@ -42,7 +50,7 @@ def run(cluster, workdir, tmp_path_factory):
     env.setenv("VERL_FILE_LOGGER_PATH", str(logdir / "metrics.jsonl"))
     env.setenv("TENSORBOARD_DIR", str(logdir / "tb"))
     server = ScriptedServer(AutoTokenizer.from_pretrained(workdir / "model"))
-    trainer = spy_trainer_cls()(compose(workdir), server)
+    trainer = spy_trainer_cls()(compose(workdir, *main_run(workdir)), server)
     agent_loop = assemble(trainer, workdir / "model", server)
     trainer.fit(agent_loop)
     logged = [json.loads(line) for line in open(logdir / "metrics.jsonl")]
@@ -142,12 +150,16 @@ def test_controller_state_is_checkpointed_and_restored(run, workdir):
     for step in (3, 6):
         state = torch.load(ckpt / f"global_step_{step}" / "e3_controller.pt", weights_only=False)
         assert state["global_step"] == step and state["controller"]["step"] == step
+    # trainer.default_hdfs_dir: the controller state is copied beside where verl uploads the actor
+    for step in (3, 6):
+        remote = workdir / "remote" / f"global_step_{step}" / "e3_controller.pt"
+        assert remote.read_bytes() == (ckpt / f"global_step_{step}" / "e3_controller.pt").read_bytes()
     original = run["trainer"]
     assert torch.load(ckpt / "global_step_6" / "e3_controller.pt",
                       weights_only=False)["controller"] == original.controller.state_dict()
 
     server = ScriptedServer(original.tokenizer)
-    resumed = spy_trainer_cls()(compose(workdir, "trainer.total_training_steps=8"), server)
+    resumed = spy_trainer_cls()(compose(workdir, *main_run(workdir), "trainer.total_training_steps=8"), server)
     agent_loop = assemble(resumed, workdir / "model", server)
     assert resumed.global_steps == 6 and resumed.actor_rollout_wg.loaded
     assert resumed.controller.state_dict() == original.controller.state_dict()
@@ -172,7 +184,7 @@ def test_resuming_a_checkpoint_without_controller_state_fails_clearly(run, workd
     for f in ckpt.glob("global_step_*/e3_controller.pt"):
         f.unlink()
     server = ScriptedServer(run["trainer"].tokenizer)
-    trainer = spy_trainer_cls()(compose(workdir, f"trainer.default_local_dir={ckpt}"), server)
+    trainer = spy_trainer_cls()(compose(workdir, *main_run(workdir), f"trainer.default_local_dir={ckpt}"), server)
     with pytest.raises(FileNotFoundError, match="e3_controller.pt is missing"):
         assemble(trainer, workdir / "model", server)
 

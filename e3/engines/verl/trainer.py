@@ -16,7 +16,15 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   then ``observe`` updates difficulty and temperature.
 - ``step``: the controller's metrics join verl's (same names as the local engine); epoch end ranks difficulty.
 - ``_save_checkpoint`` / ``_load_checkpoint``: ``global_step_N/e3_controller.pt`` written atomically before verl
-  writes its ``latest_checkpointed_iteration.txt``; restored on resume.
+  writes its ``latest_checkpointed_iteration.txt``; restored on resume. With ``trainer.default_hdfs_dir`` set, the
+  file is also copied to ``<default_hdfs_dir>/global_step_N/`` with verl's ``hdfs_io`` (where verl's Megatron
+  checkpoint manager uploads the actor; its FSDP one ignores the setting), so a remote copy of a checkpoint carries
+  the controller state too.
+
+Refused in ``check_supported`` (called by ``e3.main_train``'s preflight and by the constructor, before any worker):
+``trainer.v1.sync.parameter_sync_step`` != 1, ``rollout_correction.bypass_mode`` with the scheduler or the PREPO
+weights, an ``hdfs://`` ``default_hdfs_dir`` without an ``hdfs`` client, estimators other than GRPO, ``rollout.n``
+outside the allocation bounds, and the online curriculum.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import uuid
 from numbers import Number
 
@@ -41,6 +50,7 @@ from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_l
                                       scatter_to_rows)
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import hdfs_io
 from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import collate_fn
 
@@ -59,15 +69,31 @@ def e3_config_from(config) -> E3Config:
 
 
 def check_supported(config, cfg: E3Config) -> None:
-    """Refuse, before any worker starts, the verl settings this adapter cannot honour."""
+    """Refuse, before any worker starts, the verl settings this adapter cannot honour (each message names the key)."""
     estimator = str(config.algorithm.adv_estimator)
     if estimator != "grpo":
         raise ValueError(f"algorithm.adv_estimator={estimator!r}: the e3 trainer computes GRPO advantages over "
                          "unequal groups; set algorithm.adv_estimator=grpo")
     corr = config.algorithm.get("rollout_correction", None)
-    if cfg.temperature.enable and corr is not None and corr.get("bypass_mode", False):
+    bypass = corr is not None and bool(corr.get("bypass_mode", False))
+    if cfg.temperature.enable and bypass:
         raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl computes "
                          "no entropy and e3.temperature cannot be scheduled; disable one of them")
+    if cfg.weighting.enable and bypass:
+        raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl writes "
+                         "no `entropy` field and the PREPO weights (e3.weighting) have no input; disable one of them")
+    sync_steps = OmegaConf.select(config, "trainer.v1.sync.parameter_sync_step", default=1)
+    if sync_steps is not None and int(sync_steps) != 1:
+        raise ValueError(f"trainer.v1.sync.parameter_sync_step={sync_steps}: verl would run that many sub-steps "
+                         "(old-log-prob pass, advantages, update) per global step, each under an already-updated "
+                         "policy, so the E3 controller would observe k times per rollout batch (annealing, epochs "
+                         "and budgets k times too fast) or step tau on entropies of policies that did not sample; "
+                         "the e3 trainer needs parameter_sync_step=1")
+    remote = OmegaConf.select(config, "trainer.default_hdfs_dir", default=None)
+    if remote is not None and str(remote).startswith("hdfs://") and shutil.which("hdfs") is None:
+        raise ValueError(f"trainer.default_hdfs_dir={remote}: no `hdfs` command on PATH, so the controller state "
+                         "(e3_controller.pt) cannot be copied there with verl's hdfs_io; install the Hadoop client, "
+                         "use a mounted path, or set trainer.default_hdfs_dir=null")
     n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
     if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
         raise ValueError(f"actor_rollout_ref.rollout.n={n} must lie in [e3.allocation.n_low, n_high] = "
@@ -131,6 +157,16 @@ def save_controller_state(folder: str, state: dict) -> str:
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def copy_to_remote(path: str, remote_folder: str) -> str:
+    """Copy a written controller file into ``remote_folder`` (``hdfs://`` or a mounted path) with verl's hdfs_io,
+    as verl's Megatron checkpoint manager uploads the actor; a failed copy raises (the backup would be incomplete)."""
+    hdfs_io.makedirs(remote_folder, exist_ok=True)
+    target = os.path.join(remote_folder, os.path.basename(path))
+    if hdfs_io.copy(path, target) is False:
+        raise RuntimeError(f"trainer.default_hdfs_dir: copying {path} to {target} failed")
+    return target
 
 
 def load_controller_state(folder: str) -> dict:
@@ -278,8 +314,12 @@ class E3Trainer(PPOTrainerSync):
             self.pacer.load_state_dict(state["pacer"])
 
     def _save_checkpoint(self):
-        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        save_controller_state(folder, self.e3_state_dict())
+        step_dir = f"global_step_{self.global_steps}"
+        path = save_controller_state(os.path.join(self.config.trainer.default_local_dir, step_dir),
+                                     self.e3_state_dict())
+        remote_root = self.config.trainer.get("default_hdfs_dir", None)
+        if remote_root is not None:
+            copy_to_remote(path, os.path.join(str(remote_root), step_dir))
         super()._save_checkpoint()
 
     def _load_checkpoint(self):
