@@ -1,7 +1,8 @@
 """Contract: E3Trainer inside verl 0.9.1's real training loop on CPU (only the LLM server and the GPU workers fake).
 
 One module-scoped run of ``PPOTrainer.fit`` (6 steps, batch 4 prompts x n=4, an E3 epoch ends after step 4, checkpoints
-at steps 3 and 6 — also copied to ``trainer.default_hdfs_dir``), then a resumed run from the step-6 checkpoint. See
+at steps 3 and 6 — also copied to ``trainer.default_hdfs_dir`` — and ``actor.loss_agg_mode=seq-mean-token-sum``,
+under which verl's ``actor/entropy`` is not a token mean), then a resumed run from the step-6 checkpoint. See
 ``verl_harness`` for what is real and what is replaced; the Ray + TransferQueue and model fixtures are in conftest.
 """
 
@@ -31,10 +32,10 @@ B, N = 4, 4
 
 
 def main_run(workdir):
-    """This module's settings on top of ``compose``'s: a remote checkpoint folder (a local path: verl's hdfs_io
-    copies those with shutil)."""
-    return (f"trainer.default_hdfs_dir={workdir / 'remote'}",)
-
+    """This module's settings on top of ``compose``'s: a loss aggregation under which verl's ``actor/entropy`` is
+    not a token mean, and a remote checkpoint folder (a local path: verl's hdfs_io copies those with shutil)."""
+    return ("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum",
+            f"trainer.default_hdfs_dir={workdir / 'remote'}")
 
 SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",
           "rollout/n_max", "rollout/n_total", "reward/mean", "groups/all_correct", "groups/all_wrong",
@@ -78,8 +79,9 @@ def test_the_real_run_prompt_makes_exactly_n_i_rollouts_at_the_planned_temperatu
         window = requests[p["first_request"]:(nxt["first_request"] if nxt else len(requests))]
         train = [(k, tau) for k, tau in window if k in p["index"]]  # validation prompts have other indices
         assert Counter(k for k, _ in train) == Counter(dict(zip(p["index"], p["n"])))
-        assert train and all(tau == pytest.approx(p["tau"][0]) for _, tau in train)
-        assert set(p["tau"]) == {p["tau"][0]} and p["tau"][0] == pytest.approx(p["config_tau"])
+        # vLLM gets exactly the Python float the training passes divide the logits by (no float32 rounding)
+        assert train and all(type(tau) is float and tau == p["config_tau"] for _, tau in train)
+        assert type(p["config_tau"]) is float and set(p["tau"]) == {p["config_tau"]}
     val = [tau for k, tau in requests if k >= 100]
     assert val and set(val) == {0.0}  # validation keeps verl's greedy val_kwargs
 
@@ -90,22 +92,37 @@ def test_log_prob_and_update_passes_use_the_step_temperature(run):
     assert len(per_step) == 6
     for p, ((name1, tau1), (name2, tau2)) in zip(run["trainer"].plans, per_step):
         assert (name1, name2) == ("compute_log_prob", "update_actor")
-        assert tau1 == pytest.approx(p["tau"][0]) and tau2 == pytest.approx(p["tau"][0])
+        assert tau1 == tau2 == p["config_tau"]  # bit-identical to what the rollout got (previous test)
     taus = [p["tau"][0] for p in run["trainer"].plans]
     assert taus[0] == taus[1] == 1.0 and len(set(taus[2:])) > 1  # warm-up at tau_0, then scheduled
+    # a scheduled tau is a float64 value that float32 cannot hold: the float32 column used to change it
+    assert any(float(np.float32(t)) != t for t in taus[2:])
 
 
-def test_the_scheduler_steps_on_verls_reduced_entropy(run):
+def token_mean_by_hand(rec) -> float:
+    """E3 Eq. 4's H_t from one step's recorded ``entropy`` field: sum of entropy x mask over the response tokens of
+    the non-padding rows, divided by their number of tokens."""
+    num = sum(e * m for ent, mask, pad in zip(rec["entropy"], rec["mask"], rec["padding"]) if not pad
+              for e, m in zip(ent, mask))
+    den = sum(m for mask, pad in zip(rec["mask"], rec["padding"]) if not pad for m in mask)
+    return num / den
+
+
+def test_the_scheduler_steps_on_the_token_mean_entropy(run):
+    """Under seq-mean-token-sum verl's ``actor/entropy`` is a mean of per-sequence sums; H_t stays a token mean."""
     metrics = _train_metrics(run)
     vocab = len(run["trainer"].tokenizer)
     taus = [p["tau"][0] for p in run["trainer"].plans]
-    assert metrics[1]["rollout/entropy"] == pytest.approx(metrics[1]["actor/entropy"])
+    by_step = {rec["step"]: token_mean_by_hand(rec) for rec in run["trainer"].entropy_rows}
+    for step in range(1, 7):
+        m = metrics[step]
+        assert m["rollout/entropy"] == pytest.approx(by_step[step], rel=1e-9)
+        assert m["actor/entropy"] > 2 * m["rollout/entropy"]  # verl's value: summed over ~10 response tokens
     for step in range(2, 6):
         m = metrics[step]
-        assert m["rollout/entropy"] == pytest.approx(m["actor/entropy"])  # the driver-side, whole-batch value
-        assert m["rollout/temperature"] == pytest.approx(taus[step - 1])
-        expected = temperature_update(taus[step - 1], m["actor/entropy"], m["rollout/target_entropy"], vocab)
-        assert taus[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-6)
+        assert m["rollout/temperature"] == taus[step - 1]
+        expected = temperature_update(taus[step - 1], by_step[step], m["rollout/target_entropy"], vocab)
+        assert taus[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-9)
 
 
 def test_grpo_advantages_over_the_unequal_groups(run):
@@ -249,3 +266,63 @@ def test_prepo_weights_multiply_the_advantages(cluster, workdir):
     for row, want in enumerate(expected):
         assert np.allclose(adv[row], [want] * 3, atol=1e-5)
     assert not np.allclose(expected, grpo_advantages(scores, uids))  # the weights did change something
+
+
+class HandEntropyGroup:
+    """An actor group whose old-log-prob pass returns hand-written entropies (prompt of one token, so the response
+    part of a row of length R is the first R values, as verl's ``response_from_nested`` reads it)."""
+
+    _dispatch_info = {"actor": [0]}
+
+    def __init__(self, entropies):
+        self.entropies = entropies
+
+    def compute_log_prob(self, batch):
+        import torch
+        from tensordict import TensorDict
+
+        full = [torch.tensor([*e, 0.0]) for e in self.entropies]
+        out = TensorDict({"entropy": torch.nested.as_nested_tensor(full, layout=torch.jagged),
+                          "log_probs": torch.nested.as_nested_tensor([torch.zeros_like(t) for t in full],
+                                                                     layout=torch.jagged)}, batch_size=len(batch))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
+        return batch
+
+
+def test_the_scheduler_entropy_is_the_token_mean_under_seq_mean_token_sum(cluster, workdir):
+    """Hand-computed: rows of 4, 2 (+1 masked) and 2 response tokens, and one padding row.
+
+    verl's ``actor/entropy`` under seq-mean-token-sum: (4.0 + 4.0 + 1.0 + 9.0) / 4 sequences = 4.5 (its padding row
+    has a nonzero mask here, so verl counts it). E3 Eq. 4's H_t: (4.0 + 4.0 + 1.0) / (4 + 2 + 2) tokens = 1.125.
+    """
+    import torch
+    from tensordict import TensorDict
+    from transfer_queue import KVBatchMeta
+
+    from e3.engines.verl.trainer import E3Trainer
+    from verl.utils import tensordict_utils as tu
+
+    trainer = E3Trainer(compose(workdir, "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum"))
+    trainer._init_tokenizer()
+    trainer._init_dataloader()
+    entropies = [[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 100.0], [0.25, 0.75], [9.0]]
+    masks = [[1, 1, 1, 1], [1, 1, 0], [1, 1], [1]]
+    uids = ["uidA", "uidA", "uidB", "padX"]
+    keys = [f"{u}_{i}_0" for i, u in enumerate(uids)]
+    tags = [{}, {}, {}, {"is_padding": True}]
+    fields = TensorDict({
+        "response_mask": torch.nested.as_nested_tensor([torch.tensor(m) for m in masks], layout=torch.jagged),
+        "rm_scores": torch.nested.as_nested_tensor([torch.zeros(len(m)) for m in masks], layout=torch.jagged),
+    }, batch_size=len(keys))
+    tu.assign_non_tensor_stack(fields, "uid", uids)
+    tu.assign_non_tensor_stack(fields, "index", [0, 0, 1, 2])
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=fields, tags=tags)
+    trainer.actor_rollout_wg = HandEntropyGroup(entropies)
+    meta = KVBatchMeta(keys=keys, tags=tags, partition_id="train")
+    metrics = {}
+    meta = trainer._compute_old_log_prob(meta, metrics)
+    trainer._compute_advantage(meta, {})
+    tq.kv_clear(keys=keys, partition_id="train")
+    assert metrics["actor/entropy"] == pytest.approx(4.5)
+    assert trainer._e3_metrics["rollout/entropy"] == pytest.approx(1.125)
+    assert trainer.controller.scheduler.initial_entropy == pytest.approx(1.125)  # step 1 sets H_target from it

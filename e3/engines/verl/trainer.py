@@ -8,9 +8,12 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   FSDP/Megatron engines divide the logits by it — so training uses the tau the step was sampled with.
 - ``_next_train_batch``: prompts (a PREPO paced window when the offline curriculum is on) plus the columns
   ``__rollout_n__`` (E3 Alg. 1 budgets, sum = B * rollout.n) and ``__temperature__`` (read by E3AgentLoopWorker;
-  rollout workers never see the driver's config).
-- ``_compute_old_log_prob``: verl reduces the token entropy over the whole batch on the driver (``actor/entropy``);
-  that one number steps the scheduler, so every rank samples with the same tau.
+  rollout workers never see the driver's config). The temperature column is float64, so the rollout samples at
+  exactly the Python float the training passes divide the logits by.
+- ``_compute_old_log_prob``: H_t for the scheduler (E3 Eq. 4) is the token mean of verl's per-token ``entropy`` field
+  over the response tokens of every real rollout of the step (verl's padding rows excluded), computed on the driver
+  whatever ``actor.loss_agg_mode`` is (verl's ``actor/entropy`` follows the loss aggregation, so under
+  ``seq-mean-token-sum`` it is a per-sequence sum). One number for the whole batch: every rank samples with one tau.
 - ``_compute_advantage``: after verl's pass (KL-in-reward, rollout correction), the GRPO advantages are recomputed
   over the unequal groups with ``e3.advantage`` (singleton -> 0), times PREPO relative-entropy weights when on;
   then ``observe`` updates difficulty and temperature.
@@ -149,6 +152,26 @@ def scalar_metrics(metrics: dict) -> dict:
     return out
 
 
+def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dict] | None = None) -> float:
+    """Token mean of a jagged per-token field over the response tokens of the real rows (E3 Eq. 4's H_t).
+
+    sum over rows r not tagged ``is_padding`` and tokens t of values[r, t] * mask[r, t], divided by the number of
+    such tokens; NaN when there is none (the scheduler then keeps tau and counts an invalid entropy).
+    """
+    rows = list(zip(values.unbind(), mask.unbind()))
+    tags = tags if tags is not None else [{} for _ in rows]
+    if len(tags) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(tags)} tags")
+    total, count = 0.0, 0.0
+    for (v, m), tag in zip(rows, tags):
+        if tag.get("is_padding", False):
+            continue
+        m = m.to(torch.float64)
+        total += float((v.to(torch.float64) * m).sum())
+        count += float(m.sum())
+    return total / count if count > 0 else float("nan")
+
+
 def save_controller_state(folder: str, state: dict) -> str:
     """Write ``folder/e3_controller.pt`` atomically (temp file + os.replace); returns the path."""
     os.makedirs(folder, exist_ok=True)
@@ -235,7 +258,8 @@ class E3Trainer(PPOTrainerSync):
         indices = np.asarray([int(i) for i in batch["index"]], dtype=np.int64)
         plan = self.controller.plan(indices, total=len(indices) * int(self.config.actor_rollout_ref.rollout.n))
         batch[ROLLOUT_N_KEY] = torch.as_tensor(plan.n_per_prompt, dtype=torch.int64)
-        batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float32)
+        # float64: the worker's float() gives back exactly the tau the training passes use (float32 would not)
+        batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float64)
         return batch
 
     def _paced_batch(self, num_prompts: int) -> TensorDict:
@@ -251,7 +275,13 @@ class E3Trainer(PPOTrainerSync):
     # ------------------------------------------------------------------ observations
     def _compute_old_log_prob(self, batch, metrics: dict):
         batch = super()._compute_old_log_prob(batch, metrics)
-        self._step_entropy = float(metrics.get("actor/entropy", float("nan")))
+        corr = self.config.algorithm.get("rollout_correction", None)
+        if corr is not None and corr.get("bypass_mode", False):  # no old-log-prob pass: no entropy field
+            self._step_entropy = float("nan")
+            return batch
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["entropy", "response_mask"])
+        self._step_entropy = response_token_mean(data["entropy"], data["response_mask"], batch.tags)
         return batch
 
     def _compute_advantage(self, batch, metrics: dict):
