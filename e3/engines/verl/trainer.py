@@ -10,6 +10,11 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   ``__rollout_n__`` (E3 Alg. 1 budgets, sum = B * rollout.n) and ``__temperature__`` (read by E3AgentLoopWorker;
   rollout workers never see the driver's config). The temperature column is float64, so the rollout samples at
   exactly the Python float the training passes divide the logits by.
+- ``_add_prompts_to_generate`` (verl's refill, ``trainer.v1.sampler.sync_refill_failed_groups``): a prompt whose
+  rollouts all failed is evicted by verl's replay buffer and replaced by fresh prompts. The replacements share the
+  budget the evicted prompts held (E3 Alg. 1 over the replacements, total = the freed sum_i n_i), so the step still
+  spends B * rollout.n; the evicted prompt gets no difficulty record (a failed request is not a wrong answer), the
+  replacements are recorded like any prompt. A group that kept some rollouts is trained and recorded on those.
 - ``_compute_old_log_prob``: H_t for the scheduler (E3 Eq. 4) is the token mean of verl's per-token ``entropy`` field
   over the response tokens of every real rollout of the step (verl's padding rows excluded), computed on the driver
   whatever ``actor.loss_agg_mode`` is (verl's ``actor/entropy`` follows the loss aggregation, so under
@@ -152,6 +157,16 @@ def scalar_metrics(metrics: dict) -> dict:
     return out
 
 
+def budget_metrics(budgets) -> dict:
+    """The per-step budget metrics (same names as ``RolloutAllocator.metrics``) of the prompts a step dispatched."""
+    n = np.asarray(list(budgets), dtype=np.int64)
+    out = {"rollout/n_total": int(n.sum()), "rollout/n_hist": n.tolist()}
+    if n.size:
+        out.update({"rollout/n_alloc_min": int(n.min()), "rollout/n_alloc_max": int(n.max()),
+                    "rollout/n_alloc_std": float(n.std())})
+    return out
+
+
 def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dict] | None = None) -> float:
     """Token mean of a jagged per-token field over the response tokens of the real rows (E3 Eq. 4's H_t).
 
@@ -217,6 +232,9 @@ class E3Trainer(PPOTrainerSync):
         self._row_of: dict[int, int] = {}
         self._step_entropy = float("nan")
         self._e3_metrics: dict = {}
+        self._budgets: dict[str, int] = {}  # uid -> n_i of the prompts dispatched in this step (refills included)
+        self._refilled = 0
+        self._refill_total: int | None = None
         super().__init__(config)
 
     # verl branches on ``trainer_mode == "sync"`` (replay buffer, refill, TransferQueue checkpoints). The registry
@@ -250,17 +268,43 @@ class E3Trainer(PPOTrainerSync):
         super().on_step_begin()
         self.config.actor_rollout_ref.rollout.temperature = float(self.controller.temperature)
 
+    def prepare_step(self) -> dict:
+        self._budgets, self._refilled = {}, 0
+        return super().prepare_step()
+
     def _next_train_batch(self, num_prompts: int | None = None) -> TensorDict:
         if self.pacer is None:
             batch = super()._next_train_batch(num_prompts)
         else:
             batch = self._paced_batch(num_prompts or int(self.config.data.train_batch_size))
         indices = np.asarray([int(i) for i in batch["index"]], dtype=np.int64)
-        plan = self.controller.plan(indices, total=len(indices) * int(self.config.actor_rollout_ref.rollout.n))
+        total = self._refill_total or len(indices) * int(self.config.actor_rollout_ref.rollout.n)
+        plan = self.controller.plan(indices, total=total)
         batch[ROLLOUT_N_KEY] = torch.as_tensor(plan.n_per_prompt, dtype=torch.int64)
         # float64: the worker's float() gives back exactly the tau the training passes use (float32 would not)
         batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float64)
+        self._budgets.update(zip((str(u) for u in batch["uid"]), plan.n_per_prompt.tolist()))
         return batch
+
+    def _add_prompts_to_generate(self, num_prompts: int) -> int:
+        """verl's refill (failed groups; DAPO's filter): replacements inherit the budget of the evicted prompts.
+
+        The evicted prompts are this step's dispatched prompts whose keys verl's replay buffer has cleared from
+        TransferQueue. When their freed budget fits ``num_prompts`` replacements within the current bounds
+        [n_min, n_max], E3 Alg. 1 splits it over them (one replacement gets exactly the evicted prompt's n_i);
+        otherwise (e.g. DAPO asking for twice the evicted count) the replacements are planned as a fresh batch.
+        """
+        live = (tq.kv_list("train") or {}).get("train", {})
+        evicted = [uid for uid in self._budgets if uid not in live]
+        freed = sum(self._budgets.pop(uid) for uid in evicted)
+        schedule = self.controller.allocator.schedule
+        fits = num_prompts * schedule.n_min <= freed <= num_prompts * schedule.n_max
+        self._refill_total = freed if fits else None
+        self._refilled += int(num_prompts)
+        try:
+            return super()._add_prompts_to_generate(num_prompts)
+        finally:
+            self._refill_total = None
 
     def _paced_batch(self, num_prompts: int) -> TensorDict:
         """PREPO offline curriculum: the prompts of the paced window (dataset scored once, sorted by perplexity)."""
@@ -305,6 +349,9 @@ class E3Trainer(PPOTrainerSync):
 
         adv = self.controller.advantages(adv_scores, indices, entropies=entropies, lengths=lengths)
         self._e3_metrics = self.controller.observe(indices, scores, self._step_entropy)
+        if self._refilled:  # the allocator's last plan is the refill's; report the whole step's budgets
+            self._e3_metrics.update(budget_metrics(self._budgets.values()))
+        self._e3_metrics["rollout/refilled_prompts"] = self._refilled
 
         per_row = broadcast_to_tokens(scatter_to_rows(adv, sessions), mask)
         out = TensorDict({"advantages": per_row, "returns": per_row.clone()}, batch_size=len(batch))
