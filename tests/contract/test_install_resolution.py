@@ -1,7 +1,7 @@
 """The two install paths resolve, against the package registry, the way a new user would install them.
 
 - GPU: ``pip install --dry-run --ignore-installed ".[gpu]"`` (the README's cluster install) and what
-  ``scripts/_venv.sh`` installs on a GPU machine (``-r requirements/gpu.lock ".[gpu,test]"``) both resolve, and the
+  ``scripts/_venv.sh`` installs on a GPU machine (``-r requirements/gpu.lock ".[gpu,test,bench]"``) both resolve, and the
   result carries verl 0.9.1's own pins from its ``[vllm]`` and ``[fsdp]`` extras (read from verl's installed
   metadata, so a drift of ours or of the lock is caught here).
 - A pin changed back to a conflicting release (``transformers==5.10.4``) makes the same resolution fail: the check
@@ -102,7 +102,7 @@ def assert_resolved(proc: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.parametrize("args", [
     pytest.param([".[gpu]"], id="readme-pip-install-gpu"),
-    pytest.param(["-r", str(GPU_LOCK), ".[gpu,test]"], id="venv-sh-gpu-lock"),
+    pytest.param(["-r", str(GPU_LOCK), ".[gpu,test,bench]"], id="venv-sh-gpu-lock"),
 ])
 def test_gpu_install_resolves_to_verls_pins(tmp_path, args):
     proc, versions = dry_run(tmp_path, *args)
@@ -133,7 +133,7 @@ def test_gpu_lock_carries_verls_pins_and_flash_attn_pin_matches_venv_script():
 
 
 def test_cpu_lock_resolves_with_the_project(tmp_path):
-    proc, versions = dry_run(tmp_path, "-r", str(CPU_LOCK), ".[cpu,test]")
+    proc, versions = dry_run(tmp_path, "-r", str(CPU_LOCK), ".[cpu,test,bench]")
     assert_resolved(proc)
     pins = lock_pins(CPU_LOCK, LINUX_311)
     assert {k: v for k, v in versions.items() if k in pins} == pins

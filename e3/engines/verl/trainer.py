@@ -56,6 +56,7 @@ from e3.curriculum import OfflinePacer
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
 from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
                                       scatter_to_rows)
+from e3.io import atomic_path
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import hdfs_io
@@ -188,12 +189,10 @@ def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dic
 
 
 def save_controller_state(folder: str, state: dict) -> str:
-    """Write ``folder/e3_controller.pt`` atomically (temp file + os.replace); returns the path."""
-    os.makedirs(folder, exist_ok=True)
+    """Write ``folder/e3_controller.pt`` atomically (``e3.io.atomic_path``); returns the path."""
     path = os.path.join(folder, CONTROLLER_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
