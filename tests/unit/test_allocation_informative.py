@@ -7,7 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from e3.allocation import POLICIES, RolloutAllocator
+from e3.allocation import RolloutAllocator
+from e3.allocation_policy import registered_policies
 from e3.allocation_informative import (
     allocate_for_pass_rates,
     allocate_informative,
@@ -150,7 +151,7 @@ def test_ties_are_deterministic_and_favour_earlier_prompts():
 
 
 def test_policy_registered_and_selectable_in_config():
-    assert "informative" in POLICIES
+    assert "informative" in registered_policies()
     cfg = E3Config.from_dict({"allocation": {"policy": "informative"}})
     alloc = RolloutAllocator.from_config(cfg.allocation, 8)
     prompts = np.arange(4)
