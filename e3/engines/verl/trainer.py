@@ -68,6 +68,13 @@ def check_supported(config, cfg: E3Config) -> None:
     if cfg.temperature.enable and corr is not None and corr.get("bypass_mode", False):
         raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl computes "
                          "no entropy and e3.temperature cannot be scheduled; disable one of them")
+    filter_groups = config.algorithm.get("filter_groups", None)
+    if filter_groups is not None and filter_groups.get("enable", False):
+        raise ValueError("algorithm.filter_groups.enable=true (DAPO dynamic sampling) cannot run with the e3 trainer: "
+                         "verl's replay buffer evicts zero-variance groups and refills with prompts planned apart, so "
+                         "a step's sum of n_i is no longer the planned batch_size * rollout.n and the evicted groups' "
+                         "rewards never reach e3's difficulty records; set it to false (to spend fewer rollouts on "
+                         "zero-variance groups, use e3.allocation.policy=informative or knapsack)")
     n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
     if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
         raise ValueError(f"actor_rollout_ref.rollout.n={n} must lie in [e3.allocation.n_low, n_high] = "
