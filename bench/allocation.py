@@ -162,15 +162,17 @@ def run(p_pool, seeds, epochs, prompts, improve, policies=DEFAULT_POLICIES) -> d
     cfgs = configs(epochs, policies)
     max_n = max(max(c["caps"]) for c in cfgs)
     runs = {i: [] for i in range(len(cfgs))}
+    solvable = []
     for seed in range(seeds):
         rng = np.random.default_rng([seed, 0])
         chosen = rng.choice(p_pool.size, size=min(prompts, p_pool.size), replace=False)
         p_true = p_pool[chosen]
+        solvable.append(float(np.mean((p_true > 0) & (p_true < 1))))
         orders = [np.random.default_rng([seed, 1, e]).permutation(p_true.size) for e in range(epochs)]
         uniforms = np.random.default_rng([seed, 2]).random((epochs, p_true.size, max_n))
         for i, cfg in enumerate(cfgs):
             runs[i].append(simulate(p_true, cfg, seed, epochs, orders, uniforms, improve))
-    return {"configs": cfgs, "runs": runs}
+    return {"configs": cfgs, "runs": runs, "solvable": solvable}
 
 
 def summarise(result: dict, epochs: int) -> list[dict]:
@@ -274,8 +276,11 @@ def format_latency(lat) -> str:
     return "\n".join(lines)
 
 
-def summary_lines(rows, lat) -> tuple[list[str], dict]:
-    """One line per metric naming the best policy (oracle excluded), Knapsack RL's claim, the latency line."""
+def summary_lines(rows, lat, solvable=None) -> tuple[list[str], dict]:
+    """One line per metric naming the best policy (oracle excluded), Knapsack RL's claim, the latency line.
+
+    ``solvable``: per seed, the share of drawn prompts with 0 < p < 1, the most groups any allocation can make mixed.
+    """
     lines, out = [], {}
     cands = [r for r in rows if r["policy"] != "oracle"]
     for m in METRICS:
@@ -297,6 +302,12 @@ def summary_lines(rows, lat) -> tuple[list[str], dict]:
                        "not reproduced (smaller gain)" if g > 0 else "not reproduced (no gain)")
             out["knapsack_vs_uniform"][m] = {"gain": {_caps(c): v for c, v in gains.items()}, "verdict": verdict}
             parts.append(f"{what} " + ", ".join(f"{v * 100:+.0f} %" for v in gains.values()) + f" ({verdict})")
+        if solvable:
+            base = rows[0]["widest"]["nonzero_groups"]["per_seed"]
+            ceiling = float(np.mean(np.asarray(solvable) / np.asarray(base)))
+            out["nonzero_groups_ceiling"] = {"share": float(np.mean(solvable)), "ratio": ceiling}
+            lines.append(f"ceiling on groups with a non-zero gradient here: {np.mean(solvable):.3f} of the prompts have "
+                         f"0 < p < 1 = {ceiling:.2f}x uniform's share (no allocation can mix the others' groups)")
         lines.append(f"knapsack vs uniform at {', '.join(_caps(c) for c in knap)} (paper: +{lo * 100:.0f} to "
                      f"+{hi * 100:.0f} % effective-gradient ratio; verdict at {_caps(CAPS[-1])}): " + "; ".join(parts))
     if lat:
@@ -368,7 +379,8 @@ def main(argv=None) -> int:
           f"p=1: {np.mean(pool == 1):.1%}")
     print(f"{seeds} seeds x {min(prompts, pool.size)} prompts x {args.epochs} epochs, batch {BATCH}, "
           f"{G} rollouts/prompt on average, improve={args.improve}")
-    rows = summarise(run(pool, seeds, args.epochs, prompts, args.improve, policies), args.epochs)
+    result = run(pool, seeds, args.epochs, prompts, args.improve, policies)
+    rows = summarise(result, args.epochs)
     replay_s = time.perf_counter() - t0
     print("values: mean±std over seeds on the epochs listed (caps at their widest); xR = per-seed ratio to uniform, "
           "mean.\nmixed rollouts = share of rollouts in mixed-outcome groups; non-zero groups = share of groups with a "
@@ -387,7 +399,7 @@ def main(argv=None) -> int:
         print(format_latency(lat))
     elapsed = time.perf_counter() - t0
     print(f"elapsed {elapsed:.1f} s (replay {replay_s:.1f} s, latency {elapsed - replay_s:.1f} s)")
-    lines, summary = summary_lines(rows, lat)
+    lines, summary = summary_lines(rows, lat, result["solvable"])
     cands = [r for r in rows if r["caps"] == [4, 12] and r["policy"] not in ("uniform", "oracle")]
     best = max(cands, key=lambda r: r["ratio"]["informative"]["mean"])
     if args.output:
