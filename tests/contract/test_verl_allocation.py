@@ -108,6 +108,21 @@ def test_filter_groups_is_refused_before_anything_starts_naming_the_key(workdir)
     check_supported(plain, e3_config_from(plain))
 
 
+def test_the_policy_is_resolved_in_the_drivers_preflight(workdir, monkeypatch):
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+
+    bad = compose(workdir, "e3.allocation.policy=user_alloc:Nope")
+    with pytest.raises(ValueError, match=r"e3\.allocation\.policy='user_alloc:Nope': cannot import module 'user_alloc'"):
+        check_supported(bad, e3_config_from(bad))
+    monkeypatch.syspath_prepend(str(workdir / "user"))
+    sys.modules.pop("user_alloc", None)
+    with pytest.raises(ValueError, match=r"module 'user_alloc' has no attribute 'Nope'"):
+        check_supported(bad, e3_config_from(bad))
+    good = compose(workdir, f"e3.allocation.policy={SPEC}")
+    check_supported(good, e3_config_from(good))
+    sys.modules.pop("user_alloc", None)
+
+
 @pytest.fixture(scope="module")
 def run(workdir, tmp_path_factory):
     import verl

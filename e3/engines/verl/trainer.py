@@ -33,6 +33,7 @@ import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
+from e3.allocation_policy import resolve_policy
 from e3.config import E3Config
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
@@ -76,6 +77,7 @@ def check_supported(config, cfg: E3Config) -> None:
                          "rewards never reach e3's difficulty records; set it to false (to spend fewer rollouts on "
                          "zero-variance groups, use e3.allocation.policy=informative or knapsack)")
     n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
+    resolve_policy(alloc.policy)  # a bad e3.allocation.policy fails in the driver's preflight, before Ray starts
     if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
         raise ValueError(f"actor_rollout_ref.rollout.n={n} must lie in [e3.allocation.n_low, n_high] = "
                          f"[{alloc.n_low}, {alloc.n_high}]: the budgets start at n and move within those bounds")
