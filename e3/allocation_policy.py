@@ -94,7 +94,7 @@ def register_policy(name: str, policy=None):
 
 
 def registered_policies() -> list[str]:
-    """Names selectable without a module path (the project's own first)."""
+    """Names selectable without a module path (the project's and those given to ``register_policy``)."""
     _import_builtins()
     return list(_REGISTRY)
 
