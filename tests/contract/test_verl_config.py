@@ -14,6 +14,7 @@ from e3.config import E3Config
 from e3.main_train import CONFIG_DIR
 
 PAPER = ["e3_r1_1.5b", "e3_r1_7b"]
+ONE_GPU = ["e3_r1_1.5b_1gpu"]
 ABLATIONS = {"e3_r1_1.5b_grpo": (False, False, False), "e3_r1_1.5b_ts": (False, True, False),
              "e3_r1_1.5b_ts_an": (False, True, True), "e3_r1_1.5b_dr": (True, False, False)}
 
@@ -35,10 +36,10 @@ def shipped_configs() -> list[str]:
 
 
 def test_every_shipped_config_is_listed_here():
-    assert shipped_configs() == sorted(["e3_trainer", *PAPER, *ABLATIONS])
+    assert shipped_configs() == sorted(["e3_trainer", *PAPER, *ONE_GPU, *ABLATIONS])
 
 
-@pytest.mark.parametrize("name", ["e3_trainer", *PAPER, *ABLATIONS])
+@pytest.mark.parametrize("name", ["e3_trainer", *PAPER, *ONE_GPU, *ABLATIONS])
 def test_config_composes_on_verls_ppo_trainer_and_validates(name):
     from e3.engines.verl.trainer import check_supported, e3_config_from
     from verl.utils.config import omega_conf_to_dataclass
@@ -59,7 +60,7 @@ def test_config_composes_on_verls_ppo_trainer_and_validates(name):
     omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
 
 
-@pytest.mark.parametrize("name", [*PAPER, *ABLATIONS])
+@pytest.mark.parametrize("name", [*PAPER, *ONE_GPU, *ABLATIONS])
 def test_run_configs_pass_verls_own_validation(name):
     """The preflight of ``python -m e3.main_train`` minus the GPU check: verl's ``validate_config``."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -126,3 +127,24 @@ def test_overrides_and_bad_keys():
     with pytest.raises(ValueError, match="adv_estimator"):
         cfg = compose("e3_trainer", "algorithm.adv_estimator=gae")
         check_supported(cfg, e3_config_from(cfg))
+
+
+def test_one_gpu_run_is_the_paper_run_on_one_card_with_memory_settings():
+    """Same algorithm, data and batch as e3_r1_1.5b; only placement and memory settings differ (not measured here)."""
+    base = OmegaConf.to_container(compose("e3_r1_1.5b"))
+    one = OmegaConf.to_container(compose("e3_r1_1.5b_1gpu"))
+    assert one["trainer"]["n_gpus_per_node"] == 1 and one["trainer"]["nnodes"] == 1
+    actor, rollout = one["actor_rollout_ref"]["actor"], one["actor_rollout_ref"]["rollout"]
+    assert actor["fsdp_config"]["optimizer_offload"] and actor["entropy_from_logits_with_chunking"]
+    assert rollout["free_cache_engine"] and rollout["gpu_memory_utilization"] <= 0.5
+    assert rollout["tensor_model_parallel_size"] == 1
+    # the only differences from the paper run: placement, memory and the run's name
+    changed = {("trainer", "n_gpus_per_node"), ("trainer", "experiment_name"),
+               ("actor", "entropy_from_logits_with_chunking"), ("actor", "entropy_checkpointing"),
+               ("actor", "fsdp_config"), ("rollout", "gpu_memory_utilization"), ("rollout", "max_num_seqs"),
+               ("rollout", "max_num_batched_tokens"), ("rollout", "log_prob_max_token_len_per_gpu")}
+    for section, key in changed:
+        for cfg in (base, one):
+            root = cfg["trainer"] if section == "trainer" else cfg["actor_rollout_ref"][section]
+            root.pop(key)
+    assert one == base
