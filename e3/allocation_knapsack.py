@@ -1,7 +1,9 @@
 """Allocation policy "knapsack": Knapsack RL (Li et al. 2025, "Knapsack RL: Unlocking Exploration of LLMs via
 Optimizing Budget Allocation", arXiv 2509.25849), written from the paper's formulation.
 
-Each prompt is an item; giving it N rollouts costs N and is worth the paper's task value
+Each prompt is an item; giving it N rollouts costs N and is worth the task value of the paper's knapsack
+formulation (its "Value = ProbNonZeroGradient x InfoGain"; we cite it by name, as the paper's equation numbering
+could not be checked here)
 
     Value(N, p) = ProbNonZeroGradient(N, p) x InfoGain(p),
     ProbNonZeroGradient(N, p) = 1 - p^N - (1 - p)^N      (a GRPO group of N Bernoulli(p) rewards is mixed),
@@ -16,19 +18,20 @@ Exact solution. Value(., p) is concave in N: its increments
 Value(N + 1, p) - Value(N, p) = InfoGain(p) (p^N (1 - p) + (1 - p)^N p) never increase with N (both terms are
 non-increasing for 0 <= p <= 1). For a separable concave objective under one equality constraint, taking the
 R = N_total - B N_low largest increments (each prompt's taken in order, which concavity makes automatic) is exact
-(Gross 1956; Ibaraki & Katoh, "Resource Allocation Problems", 1988, ch. 4) -- so no DP is needed: a selection in
+(marginal analysis: Gross 1956, Fox 1966; Ibaraki & Katoh, "Resource Allocation Problems", 1988) -- so no DP is needed: a selection in
 the B x (N_up - N_low) increment table (one sort), a few ms for B = 512 at [2, 128]. The tests check
 it against brute force and against the general DP of ``e3.allocation_informative.allocate_max_separable``.
 
 Pass-rate estimate (class attribute ``estimator``): ``"last"`` (default) -- p_i = mean reward (clipped to [0, 1])
-of the prompt's most recent group, i.e. its rollouts in the previous epoch, as the paper estimates success rates
-from the previous epoch's rewards; ``"cumulative"`` -- the tracker's mean over every rollout so far. No prior: a
-prompt with no record gets the uniform share of the step (the paper's homogeneous allocation for prompts it has not
-seen), the others split the rest. An estimate of exactly 0 (hopeless so far) or 1 (solved) has Value = 0 for every
+of the prompt's most recent group, i.e. its rollouts in the previous epoch (the paper estimates success rates from
+the prompt's past rewards); ``"cumulative"`` -- the tracker's mean over every rollout so far. No prior: a
+prompt with no record gets the uniform share of the step (no estimate yet: the homogeneous allocation the paper
+compares against), the others split the rest. An estimate of exactly 0 (hopeless so far) or 1 (solved) has Value = 0 for every
 N, so those prompts get N_low and the spare budget goes to the hard-but-solvable ones. Only when every such prompt
 is at N_up is the remainder (worth nothing to the objective either way) spread over the value-0 prompts, unsolved
-ones first, evenly -- the direction of the paper's fallback, which we apply only where the objective is indifferent
-(the paper's fallback heuristic that diverts budget before the cap is reached is not implemented).
+ones first, evenly -- the direction of the paper's fallback strategy (spare exploration budget to unsolved prompts),
+applied only where the objective is indifferent (a fallback that diverts budget from solvable prompts below their
+cap is not implemented).
 
 Ties (equal increments) are broken by a fixed rule: positive value first, then unsolved before solved, then the
 smaller current budget, then batch order. Invariants as for every policy: sum == total, N_low <= N_i <= N_up.
