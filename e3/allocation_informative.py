@@ -99,8 +99,8 @@ def allocate_max_separable(values, total: int, n_min: int, n_max: int) -> np.nda
                          f"got shape {values.shape}")
     # Snap values to a power-of-two grid so every partial sum is exact: ties are then exact and broken by rule.
     bound = size * float(np.abs(values).max()) if values.size else 0.0
-    if bound > 0:
-        quantum = 2.0 ** (math.ceil(math.log2(bound)) - 50)
+    quantum = math.ldexp(1.0, math.ceil(math.log2(bound)) - 50) if bound > 0 else 0.0
+    if quantum > 0:  # 0 when the table is so small (subnormal) that the grid underflows: keep the values as they are
         values = np.round(values / quantum) * quantum
     spare = total - size * n_min
     padded = np.full(width - 1 + spare + 1, -np.inf)

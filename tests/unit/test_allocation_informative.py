@@ -164,3 +164,10 @@ def test_policy_registered_and_selectable_in_config():
     assert n.sum() == 32 and n.min() >= 4 and n.max() <= 12
     assert n[2] > n[0] and n[2] > n[1] and n[3] > n[0] and n[3] > n[1]
     assert alloc.metrics()["rollout/n_total"] == 32
+
+
+def test_a_table_of_subnormal_values_is_solved_without_nans():
+    table = np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.5]]) * 1e-320  # the snapping grid would underflow to 0
+    with np.errstate(all="raise"):
+        n = allocate_max_separable(table, 8, 3, 5)
+    assert n.sum() == 8 and n.min() >= 3 and n.max() <= 5
