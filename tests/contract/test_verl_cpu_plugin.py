@@ -231,3 +231,18 @@ def test_verl_builds_the_polling_replay_buffer_from_the_cpu_config():
     for key in ("algorithm.filter_groups.enable=true", "trainer.v1.sampler.sync_refill_failed_groups=true"):
         with pytest.raises(ValueError, match=key.split("=")[0].replace(".", r"\.")):
             check_config(compose("verl_cpu_tiny", [key]))
+
+
+def test_the_cpu_config_composes_and_passes_the_checks_before_workers_start():
+    """``verl_cpu_tiny`` composed on verl's ppo_trainer: our refusals and verl's own ``validate_config`` accept it."""
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+    from e3.main_train import compose
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    cfg = compose("verl_cpu_tiny", ["cpu_tiny.model_dir=/m", "cpu_tiny.data_dir=/d", "cpu_tiny.run_dir=/r"])
+    assert cfg.trainer.device == "cpu" and cfg.actor_rollout_ref.rollout.name == "hf"
+    assert cfg.actor_rollout_ref.model.path == "/m" and cfg.data.train_files == "/d/train.parquet"
+    assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM == "e3_cpu"
+    check_supported(cfg, e3_config_from(cfg))
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
