@@ -1,4 +1,4 @@
-"""The verl 0.9.1 adapter (DESIGN.md section 3): E3 / PREPO as a recipe on the released verl, nothing vendored.
+"""The verl 0.9.1 adapter: E3 / PREPO as a recipe on the released verl, nothing vendored.
 
 - ``trainer``:  ``E3Trainer``, verl's v1 sync trainer carrying the E3 controller, registered as ``e3``.
 - ``rollout``:  ``E3AgentLoopManager`` / ``E3AgentLoopWorker``, verl's agent loop plus a per-prompt temperature.
