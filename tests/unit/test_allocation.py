@@ -305,6 +305,30 @@ def test_ties_only_permute_within_their_accuracy_level():
     assert sorted(k[10:].tolist()) == (np.arange(10, 30) / 30).tolist()
 
 
+def test_tied_prompts_share_the_average_rank():
+    t = DifficultyTracker()
+    _observe_accuracies(t, {0: 1.0, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.0})
+    t.end_epoch(range(5))
+    # highest accuracy first: 0 -> rank 0; 1, 2, 3 tie for ranks 1, 2, 3 -> 2 each; 4 -> rank 4; k = rank / 5
+    assert t.difficulty(range(5)).tolist() == [0.0, 0.4, 0.4, 0.4, 0.8]
+
+
+def test_tied_prompts_get_equal_budgets():
+    """Equal evidence, equal budget: prompts of equal accuracy get the same k, so in one batch their budgets differ
+    at most by the one leftover rollout of Alg. 1's last step."""
+    alloc = RolloutAllocator(8)
+    idx = np.arange(42)
+    alloc.observe(np.repeat(idx[:40], 4), np.tile([1.0, 0.0, 1.0, 0.0], 40))  # 40 prompts tied at 0.5
+    alloc.observe([40] * 4 + [41] * 4, [1.0] * 4 + [0.0] * 4)  # one easy, one hard
+    alloc.end_epoch(idx)
+    alloc.end_epoch(idx)  # bounds [4, 12]
+    k = alloc.tracker.difficulty(idx[:40])
+    assert np.all(k == k[0]) and k[0] == pytest.approx(20.5 / 42)  # ranks 1..40 -> 20.5
+    for batch in np.array_split(np.random.default_rng(0).permutation(40), 5):
+        n = alloc.allocate(np.concatenate([[40, 41], batch]))
+        assert n[2:].max() - n[2:].min() <= 1, n
+
+
 def test_unseen_prompts_use_the_prior():
     for prior, expect_hardest in ((0.0, True), (1.0, False)):
         t = DifficultyTracker(prior_accuracy=prior)

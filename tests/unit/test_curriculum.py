@@ -70,6 +70,18 @@ def test_online_pacer_selects_paced_window():
         PerplexityPacer(8, 0)
 
 
+def test_last_step_window_ends_at_the_hardest_prompt():
+    """Steps are counted 0 .. T-1 when a batch is chosen (completed steps): rho = step / (T - 1) reaches 1 at the
+    last step, whose window is the K hardest prompts (rho = step / T would stop one position short)."""
+    pacer = PerplexityPacer(batch_size=8, total_steps=10, window_ratio=0.2)
+    ppl = np.arange(40, 0, -1, dtype=float)  # position j has perplexity 40 - j
+    assert sorted(pacer.select(ppl, 9).tolist()) == list(range(0, 8))  # the 8 highest perplexities
+    assert pacer.metrics()["curriculum/window_start"] == 32 and pacer.metrics()["curriculum/progress"] == 1.0
+    offline = OfflinePacer(np.arange(100), np.arange(100, dtype=float), total_steps=10, window_ratio=0.2)
+    assert set(offline.batch(9, 8).tolist()) <= set(range(80, 100))  # window of the 20 hardest
+    assert offline.metrics()["curriculum/window_start"] == 80 and offline.metrics()["curriculum/progress"] == 1.0
+
+
 def _offline(seed=0):
     rng = np.random.default_rng(42)
     indices = np.arange(100, 200)
