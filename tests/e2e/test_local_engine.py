@@ -89,8 +89,9 @@ def test_prepo_curriculum_and_weights_drive_the_run(tmp_path, ws_cache):
     cfg = tiny(ws_cache, task={"train_size": 80}, trainer={"total_steps": 3},
                e3={"curriculum": {"enable": True, "window_ratio": 0.2}, "weighting": {"enable": True}})
     ms = run(cfg, run_dir=str(tmp_path / "run"), quiet=True).metrics[1:]
-    # |B| = 8 / 0.2 = 40 candidates scored per step; window start l(rho) = floor(rho * (40 - 8)), rho = step / 3
-    assert [m["curriculum/window_start"] for m in ms] == [0, 10, 21]
+    # |B| = 8 / 0.2 = 40 candidates scored per step; window start l(rho) = floor(rho * (40 - 8)), rho = step / 2
+    # over the steps completed before each batch (0, 1, 2): the last step's window is the 8 hardest candidates
+    assert [m["curriculum/window_start"] for m in ms] == [0, 16, 32]
     assert all(m["curriculum/ppl_min"] <= m["curriculum/ppl_max"] for m in ms)
     assert ms[-1]["curriculum/ppl_mean"] > ms[0]["curriculum/ppl_mean"]  # easy -> hard
     assert all(abs(m["weights/mean"] - 1.0) < 1e-9 and m["weights/std"] > 0 for m in ms)
@@ -100,8 +101,8 @@ def test_offline_prepo_paces_over_the_dataset_scored_once(tmp_path, ws_cache):
     cfg = tiny(ws_cache, task={"train_size": 80}, trainer={"total_steps": 3},
                e3={"curriculum": {"enable": True, "mode": "offline", "window_ratio": 0.2}})
     ms = run(cfg, run_dir=str(tmp_path / "run"), quiet=True).metrics[1:]
-    # window of max(8, 0.2 * 80) = 16 sorted prompts starting at floor(step / 3 * (80 - 16))
-    assert [m["curriculum/window_start"] for m in ms] == [0, 21, 42]
+    # window of max(8, 0.2 * 80) = 16 sorted prompts starting at floor(step / 2 * (80 - 16)), step = 0, 1, 2
+    assert [m["curriculum/window_start"] for m in ms] == [0, 32, 64]
     assert ms[-1]["curriculum/ppl_mean"] > ms[0]["curriculum/ppl_mean"]
 
 
