@@ -34,7 +34,8 @@ class AllocationConfig:
     prior_accuracy: float = 0.0
     """Accuracy assumed for never-seen prompts (E3 counts them as 0, i.e. hardest)."""
     seed: int = 0
-    """Seed of the random tie-breaking in the epoch-end difficulty ranking."""
+    """Seed of the controllers' random draws (the verl engine's offline PREPO sampling). The difficulty ranking
+    draws none: prompts of equal accuracy share their average rank."""
 
     def validate(self) -> None:
         _check(self.policy in ALLOCATION_POLICIES, "allocation.policy", f"must be one of {ALLOCATION_POLICIES}, got {self.policy!r}")

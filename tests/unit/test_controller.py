@@ -199,14 +199,11 @@ from roundtrip import torch_roundtrip as _torch_save  # noqa: E402
 @pytest.mark.parametrize("roundtrip", [_pickle, _torch_save])
 def test_state_round_trip_gives_identical_next_plans(roundtrip):
     cfg = E3Config.from_dict({"weighting": {"enable": True}})
-    # 16 dataset rows are never sampled: they tie at the prior with the never-solved prompt, so the random
-    # tie-break of every epoch end moves that prompt's rank and budget
+    # 16 dataset rows are never sampled: they tie at the prior with the never-solved prompt and share its rank
     dataset = np.concatenate([PROMPTS, np.arange(500, 516)])
     original = make(cfg, max_steps=20, dataset=dataset)
     run_epochs(original, epochs=2)  # mid-run: ranked twice, temperature moved, bounds [4, 12]
-    # another tie-break seed: the RNG state must come from the checkpoint
-    restored = make(E3Config.from_dict({"weighting": {"enable": True}, "allocation": {"seed": 99}}), max_steps=20,
-                    dataset=dataset)
+    restored = make(cfg, max_steps=20, dataset=dataset)
     restored.load_state_dict(roundtrip(original.state_dict()))
     assert (restored.step, restored.epoch) == (original.step, original.epoch) == (8, 2)
 
