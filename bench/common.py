@@ -21,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CONFIG_DIR = ROOT / "configs" / "local"
+from e3.engines.local_config import PACKAGE_CONFIG_DIR  # noqa: E402
 
-# name -> (overlay under configs/local, extra dotted overrides). "informative" swaps E3's rank rule for the
+CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
+
+# name -> (overlay shipped in e3/config/local, extra dotted overrides). "informative" swaps E3's rank rule for the
 # informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only.
 CONFIGS = {
     "grpo": ("grpo.yaml", []),

@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
 from e3.engines import checkpoint as ckpt
-from e3.engines.local_config import ConfigError, diff_keys, from_any, load_config, validate
+from e3.engines.local_config import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
 from e3.engines.local_eval import evaluate, summary
 from e3.engines.run_dir import prepare_run_dir, read_metrics, truncate_metrics
 from e3.engines.policy_loss import clipped_pg_loss
@@ -367,7 +367,8 @@ class LocalEngine:
 
 def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overrides: Iterable[str] = (),
         hooks: Iterable[Hook] = (), quiet: bool = False) -> RunResult:
-    """Train with the local engine. ``config``: YAML path, dict (over the defaults) or DictConfig.
+    """Train with the local engine. ``config``: a shipped config's name, a YAML path, a dict (over the defaults) or
+    a DictConfig.
 
     Fresh run: the run directory must not exist or be empty. ``resume=True``: continue the run directory from its
     newest complete checkpoint with its saved config (a differing config is refused, naming the keys).
@@ -381,7 +382,7 @@ def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overri
     else:
         cfg = from_any(config)
         if overrides:
-            cfg = from_any(OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)))
+            cfg = from_any(apply_overrides(cfg, overrides))
     run_dir, latest = prepare_run_dir(cfg, run_dir, resume)
     if resume:
         saved = load_config(os.path.join(run_dir, "config.yaml"))
@@ -455,13 +456,18 @@ def _export(engine: LocalEngine, run_dir: str) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m e3.engines.local", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=None, help="YAML config (default: configs/local/default.yaml)")
+    p.add_argument("--config", default=None,
+                   help="a shipped config's name (default, grpo, e3, ...: e3/config/local/) or a YAML file's path")
     p.add_argument("--run-dir", default=None, help="run directory (default: <run_root>/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue --run-dir from its newest complete checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.total_steps=50")
     args = p.parse_args(argv)
     try:
+        if args.print_config:
+            print(OmegaConf.to_yaml(load_config(args.config, args.overrides)), end="")
+            return 0
         run(args.config, args.run_dir, args.resume, args.overrides, quiet=args.quiet)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

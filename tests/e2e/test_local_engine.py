@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from e3.engines import checkpoint as ckpt
 from e3.engines.local import main, read_metrics, run
-from e3.engines.local_config import CONFIG_DIR, ConfigError, load_config
+from e3.engines.local_config import ConfigError
 from e3.engines.tiny_task import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -104,21 +104,6 @@ def test_offline_prepo_paces_over_the_dataset_scored_once(tmp_path, ws_cache):
     # window of max(8, 0.2 * 80) = 16 sorted prompts starting at floor(step / 2 * (80 - 16)), step = 0, 1, 2
     assert [m["curriculum/window_start"] for m in ms] == [0, 32, 64]
     assert ms[-1]["curriculum/ppl_mean"] > ms[0]["curriculum/ppl_mean"]
-
-
-def test_ablation_overlays_load_and_switch_the_right_pieces():
-    want = {"grpo": (False, False, False, False), "ts": (False, True, False, False),
-            "ts_an": (False, True, False, False), "dr": (True, False, False, False), "e3": (True, True, False, False),
-            "prepo": (False, False, True, True), "e3_prepo": (True, True, True, True)}
-    for name, (dr, ts, cur, w) in want.items():
-        e = load_config(os.path.join(CONFIG_DIR, f"{name}.yaml")).e3
-        assert (e.allocation.enable, e.temperature.enable, e.curriculum.enable, e.weighting.enable) == (dr, ts, cur, w)
-    assert load_config(os.path.join(CONFIG_DIR, "ts.yaml")).e3.temperature.anneal is False
-    assert load_config(os.path.join(CONFIG_DIR, "ts_an.yaml")).e3.temperature.anneal is True
-    # an overlay is small: it never repeats the engine sections
-    for name in want:
-        with open(os.path.join(CONFIG_DIR, f"{name}.yaml")) as fh:
-            assert set(OmegaConf.create(fh.read())) <= {"defaults", "e3"}
 
 
 def test_bad_input_stops_before_anything_is_written(tmp_path, ws_cache, capsys):
