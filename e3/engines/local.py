@@ -41,6 +41,7 @@ from e3.curriculum import OfflinePacer
 from e3.engines import checkpoint as ckpt
 from e3.engines.local_config import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
 from e3.engines.local_eval import evaluate, summary
+from e3.engines.local_tracking import Tracker, check_backends
 from e3.engines.run_dir import prepare_run_dir, read_metrics, truncate_metrics
 from e3.engines.policy_loss import clipped_pg_loss
 from e3.engines.sampling import prompt_perplexity, response_logprobs, sample
@@ -48,7 +49,8 @@ from e3.engines.tiny_model import build_model, warm_start
 from e3.engines.tiny_task import CharTokenizer, DataError, build_pools, load_rows, sample_rows, score, write_jsonl
 
 Hook = Callable[[str, dict], None]
-RESUME_MAY_CHANGE = {"plots", "device", "threads", "run_root"}
+RESUME_MAY_CHANGE = {"plots", "device", "threads", "run_root", "trainer.logger", "trainer.project_name",
+                     "trainer.experiment_name"}
 
 
 @dataclass
@@ -174,6 +176,7 @@ class LocalEngine:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.warm_start_info: dict = {}
+        self.tracker: Optional[Tracker] = None  # run() attaches the configured trackers
 
     # -- setup -------------------------------------------------------------------------------------------------
     def emit(self, event: str, info: dict) -> None:
@@ -363,8 +366,11 @@ class LocalEngine:
 
     # -- the run -----------------------------------------------------------------------------------------------
     def log(self, metrics: dict) -> None:
+        """metrics.jsonl (always), then the trackers of ``trainer.logger``."""
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(metrics, int(metrics["step"]))
 
     def validate(self) -> dict:
         t0 = time.perf_counter()
@@ -440,8 +446,18 @@ def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overri
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
         cfg = saved
     engine = LocalEngine(cfg, run_dir, hooks, quiet)  # loads and checks data before anything is written
+    check_backends(cfg.trainer.logger)
     os.makedirs(run_dir, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    engine.tracker = Tracker(cfg.trainer.logger, run_dir, cfg.trainer.project_name, cfg.trainer.experiment_name,
+                             OmegaConf.to_container(cfg, resolve=True))
+    try:
+        return _run(engine, cfg, run_dir, latest, resume, say)
+    finally:
+        engine.tracker.close()
+
+
+def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[str], resume: bool, say) -> RunResult:
     if latest is None:
         if resume:
             say(f"[e3] {run_dir} has no complete checkpoint yet: starting it again from step 0")

@@ -166,9 +166,10 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     val_every: int = 100
     """Validation period (steps); step 0 and the last step always validate."""
-    logger: list[str] = field(default_factory=lambda: ["console"])
-    """Experiment trackers, as verl's ``trainer.logger``: any of console, tensorboard (``<run dir>/tensorboard``),
-    wandb, mlflow. ``metrics.jsonl`` in the run directory is always written."""
+    logger: list[str] = field(default_factory=list)
+    """Experiment trackers, as verl's ``trainer.logger``: any of console (a line of scalars per step), tensorboard
+    (``<run dir>/tensorboard``), wandb, mlflow (``e3/engines/local_tracking.py``). ``metrics.jsonl`` in the run
+    directory is always written, and the progress bar shows without any."""
     project_name: str = "e3_local"
     """Project (wandb project, mlflow experiment) of the trackers."""
     experiment_name: Optional[str] = None

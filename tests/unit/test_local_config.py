@@ -34,7 +34,7 @@ def test_default_is_the_schema_defaults():
     assert OmegaConf.to_object(cfg) == LocalConfig()
     assert OmegaConf.to_object(cfg.e3) == E3Config()
     assert (cfg.trainer.total_steps, cfg.rollout.batch_size, cfg.rollout.n, cfg.trainer.lr) == (300, 32, 8, 3e-5)
-    assert list(cfg.trainer.logger) == ["console"]
+    assert list(cfg.trainer.logger) == []  # metrics.jsonl and the progress bar only
 
 
 def test_every_ablation_composes_and_switches_the_right_pieces():
