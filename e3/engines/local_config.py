@@ -285,7 +285,8 @@ def compose(config: Optional[str] = None) -> DictConfig:
     where = os.path.join(directory, f"{name}.yaml")
     overrides = []
     if os.path.realpath(directory) != os.path.realpath(PACKAGE_CONFIG_DIR):
-        overrides.append(f"hydra.searchpath=[file://{PACKAGE_CONFIG_DIR}]")
+        quoted = PACKAGE_CONFIG_DIR.replace("\\", "\\\\").replace("'", "\\'")  # Hydra's quoted-string grammar
+        overrides.append(f"hydra.searchpath=['file://{quoted}']")
     _register_schema()
     try:
         with initialize_config_dir(config_dir=directory, version_base="1.3", job_name="e3_local"):
