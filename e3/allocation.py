@@ -9,8 +9,9 @@ total budget N = B * G is then split as
 and the bounds move every epoch: n_min = max(n_min - n_update, n_low), n_max = min(n_max + n_update, n_high).
 
 Our fixes of the authors' code: prompts of equal accuracy share their average rank (the authors' code ranks ties
-in dataset order; a random tie-break would give equal evidence unequal budgets); the cap n_max holds in every step (what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder
-prompt never gets fewer than an easier one; n_i >= 2 (a group of one has no baseline).
+in dataset order; a random tie-break would give equal evidence unequal budgets); the cap n_max holds in every step
+(what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder prompt never gets fewer than
+an easier one; n_i >= 2 (a group of one has no baseline).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ -f "e3/config/local/$config.yaml" ] || { [ -f "$config" ] && [[ "$config" == *.yaml || "$config" == *.yml ]]; }; then
+if [ -f "e3/config/local/$config.yaml" ] || { [ -f "$config" ] && [[ "$config" == *.y*ml ]]; }; then
   exec python -m e3.engines.local --config "$config" ${args[@]+"${args[@]}"}
 elif [ -f "e3/config/$config.yaml" ]; then
   if [ "$E3_GPU" != "1" ]; then
