@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 from e3.allocation import RolloutAllocator, RolloutSchedule  # noqa: E402
 from e3.allocation_informative import allocate_for_pass_rates, informative_fraction  # noqa: E402
 from e3.config import ALLOCATION_POLICIES  # noqa: E402
+from e3.io import atomic_write_json  # noqa: E402
 from e3.metrics import group_stats  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "e3" / "all_data.parquet"
@@ -200,16 +201,7 @@ def format_table(rows) -> str:
 
 
 def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_json(path, obj, indent=1)
 
 
 def main(argv=None) -> int:

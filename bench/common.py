@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from e3.engines.local_config import PACKAGE_CONFIG_DIR  # noqa: E402
+from e3.io import atomic_write_json  # noqa: E402
 
 CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
 
@@ -144,9 +145,4 @@ def machine() -> dict:
 
 
 def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, default=float)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=1, default=float)

@@ -114,7 +114,7 @@ def test_bad_input_stops_before_anything_is_written(tmp_path, ws_cache, capsys):
     assert "unknown config key e3.temperature.nope" in capsys.readouterr().err
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"prompt": "3+4=", "answer": "7"}\n{"prompt": "5+5="}\n')
-    with pytest.raises(DataError, match=r"train.jsonl: row 1: no ground truth"):
+    with pytest.raises(DataError, match=r"train.jsonl, line 2: field 'answer': no ground truth"):
         run(tiny(ws_cache, data={"train_file": str(bad)}), run_dir=str(run_dir), quiet=True)
     with pytest.raises(DataError, match="not found"):
         run(tiny(ws_cache, data={"val_file": str(tmp_path / "missing.parquet")}), run_dir=str(run_dir), quiet=True)
