@@ -27,7 +27,8 @@ from e3.io import atomic_write_json  # noqa: E402
 CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
 
 # name -> (overlay shipped in e3/config/local, extra dotted overrides). "informative" swaps E3's rank rule for the
-# informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only.
+# informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only;
+# "knapsack" swaps in Knapsack RL's allocator (arXiv 2509.25849) inside full E3, same schedule and budget.
 CONFIGS = {
     "grpo": ("grpo.yaml", []),
     "ts": ("ts.yaml", []),
@@ -38,6 +39,7 @@ CONFIGS = {
     "e3_prepo": ("e3_prepo.yaml", []),
     "informative": ("e3.yaml", ["e3.allocation.policy=informative"]),
     "dr_informative": ("dr.yaml", ["e3.allocation.policy=informative"]),
+    "knapsack": ("e3.yaml", ["e3.allocation.policy=knapsack"]),
 }
 
 

@@ -12,13 +12,18 @@ Our fixes of the authors' code: prompts of equal accuracy share their average ra
 in dataset order; a random tie-break would give equal evidence unequal budgets); the cap n_max holds in every step
 (what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder prompt never gets fewer than
 an easier one; n_i >= 2 (a group of one has no baseline).
+
+The split itself is a plug-in (``e3.allocation_policy``): ``E3Policy`` (Alg. 1) and ``UniformPolicy`` live here,
+``informative`` and ``knapsack`` in their own modules, a user's policy in the user's module.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
+
+from e3.allocation_policy import AllocationPolicy, build_policy, check_allocation, register_policy
 
 MIN_GROUP = 2
 
@@ -206,40 +211,42 @@ class RolloutSchedule:
         self.n_min, self.n_max = int(state["n_min"]), int(state["n_max"])
 
 
-# A policy maps (tracker, prompt indices, total, n_min, n_max) to per-prompt budgets.
-Policy = Callable[[DifficultyTracker, np.ndarray, int, int, int], np.ndarray]
+class E3Policy(AllocationPolicy):
+    """``e3``: E3 Alg. 1 on the tracker's epoch-end ranking k_i (budget proportional to difficulty, capped)."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        return allocate_rollouts(self.tracker.difficulty(indices), total, n_min, n_max)
 
 
-def _e3_policy(tracker, indices, total, n_min, n_max):
-    return allocate_rollouts(tracker.difficulty(indices), total, n_min, n_max)
+class UniformPolicy(AllocationPolicy):
+    """``uniform``: an even split; the remainder goes to the hardest prompts of the last ranking."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        return uniform_rollouts(len(indices), total, n_min, n_max, self.tracker.difficulty(indices))
 
 
-def _uniform_policy(tracker, indices, total, n_min, n_max):
-    return uniform_rollouts(len(indices), total, n_min, n_max, tracker.difficulty(indices))
-
-
-POLICIES: dict[str, Policy] = {"e3": _e3_policy, "uniform": _uniform_policy}
-
-
-def register_policy(name: str, policy: Policy) -> None:
-    """Make an allocation policy selectable as ``e3.allocation.policy=<name>``."""
-    POLICIES[name] = policy
+register_policy("e3", E3Policy)
+register_policy("uniform", UniformPolicy)
 
 
 class RolloutAllocator:
-    """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns."""
+    """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns.
+
+    ``policy`` is what ``e3.allocation.policy`` says: a registered name or ``module.path:ClassName`` (see
+    ``e3.allocation_policy``); it is resolved here, so a bad value fails when the allocator is built, with an
+    error naming the key. Every answer of the policy is checked (length, integers, sum, bounds).
+    """
 
     def __init__(self, n: int, policy: str = "e3", enable: bool = True, n_update: int = 2, n_low: int = 4,
                  n_high: int = 12, prior_accuracy: float = 0.0, seed: int = 0):
+        self.tracker = DifficultyTracker(prior_accuracy)
+        # resolved even when disabled, so that a typo is reported whatever the switch says
+        self.allocation_policy = build_policy(policy, self.tracker, seed)
         if enable:
-            _load_optional_policies()
-            if policy not in POLICIES:
-                raise ValueError(f"unknown allocation policy {policy!r} (known: {', '.join(POLICIES)})")
             self.schedule = RolloutSchedule(n, n_update, n_low, n_high)
         else:
             self.schedule = RolloutSchedule(n, 0, n, n)
         self.n, self.policy, self.enable = int(n), policy, bool(enable)
-        self.tracker = DifficultyTracker(prior_accuracy)
         self._last = np.empty(0, dtype=np.int64)
 
     @classmethod
@@ -249,27 +256,40 @@ class RolloutAllocator:
     def allocate(self, indices, total: int | None = None) -> np.ndarray:
         idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices).ravel()
         total = len(idx) * self.n if total is None else int(total)
+        lo, hi = self.schedule.n_min, self.schedule.n_max
         if not self.enable:
             out = uniform_rollouts(len(idx), total, self.n, self.n)
         else:
-            out = np.asarray(POLICIES[self.policy](self.tracker, idx, total, self.schedule.n_min,
-                                                   self.schedule.n_max), dtype=np.int64)
+            check_budget(idx.size, total, lo, hi)
+            if idx.size == 0:
+                out = np.empty(0, dtype=np.int64)
+            else:
+                raw = self.allocation_policy.allocate(idx.copy(), total, lo, hi)
+                out = check_allocation(raw, self.policy, idx.size, total, lo, hi)
         self._last = out
         return out
 
     def observe(self, indices, rewards) -> None:
         self.tracker.observe(indices, rewards)
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices).ravel()
+        self.allocation_policy.observe(idx, np.asarray(rewards, dtype=np.float64).ravel())
 
     def end_epoch(self, all_indices) -> None:
         self.tracker.end_epoch(all_indices)
+        self.allocation_policy.end_epoch(np.asarray(list(all_indices)).ravel())
         self.schedule.end_epoch()
 
     def state_dict(self) -> dict:
-        return {"tracker": self.tracker.state_dict(), "schedule": self.schedule.state_dict()}
+        return {"tracker": self.tracker.state_dict(), "schedule": self.schedule.state_dict(),
+                "policy": {"name": self.policy, "state": self.allocation_policy.state_dict()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore tracker and schedule; the policy's own state only if the checkpoint used the same policy."""
         self.tracker.load_state_dict(state["tracker"])
         self.schedule.load_state_dict(state["schedule"])
+        saved = state.get("policy")  # absent in checkpoints written before policies had state
+        if saved is not None and saved.get("name") == self.policy:
+            self.allocation_policy.load_state_dict(saved["state"])
 
     def metrics(self) -> dict:
         n = self._last
@@ -279,12 +299,6 @@ class RolloutAllocator:
             out.update({"rollout/n_alloc_min": int(n.min()), "rollout/n_alloc_max": int(n.max()),
                         "rollout/n_alloc_std": float(n.std())})
         out.update(self.tracker.metrics())
+        if self.enable:
+            out.update({f"allocation/{k}": v for k, v in self.allocation_policy.metrics().items()})
         return out
-
-
-def _load_optional_policies() -> None:
-    """Import modules that register extra policies (kept out of this file to stay short)."""
-    try:
-        import e3.allocation_informative  # noqa: F401  (registers "informative")
-    except ImportError:
-        pass

@@ -43,7 +43,8 @@ import math
 
 import numpy as np
 
-from e3.allocation import check_budget, register_policy
+from e3.allocation import check_budget
+from e3.allocation_policy import AllocationPolicy, register_policy
 
 PRIOR_A = 1.0
 """Beta prior pseudo-successes for the pass rate of a prompt (uniform prior: a = b = 1)."""
@@ -98,8 +99,8 @@ def allocate_max_separable(values, total: int, n_min: int, n_max: int) -> np.nda
                          f"got shape {values.shape}")
     # Snap values to a power-of-two grid so every partial sum is exact: ties are then exact and broken by rule.
     bound = size * float(np.abs(values).max()) if values.size else 0.0
-    if bound > 0:
-        quantum = 2.0 ** (math.ceil(math.log2(bound)) - 50)
+    quantum = math.ldexp(1.0, math.ceil(math.log2(bound)) - 50) if bound > 0 else 0.0
+    if quantum > 0:  # 0 when the table is so small (subnormal) that the grid underflows: keep the values as they are
         values = np.round(values / quantum) * quantum
     spare = total - size * n_min
     padded = np.full(width - 1 + spare + 1, -np.inf)
@@ -154,12 +155,14 @@ def allocate_for_pass_rates(p, total: int, n_min: int, n_max: int) -> np.ndarray
     return allocate_max_separable(pass_rate_table(p, n_min, n_max), total, n_min, n_max)
 
 
-def informative_policy(tracker, indices, total: int, n_min: int, n_max: int) -> np.ndarray:
-    """``e3.allocation`` policy: estimate p_i from the tracker's cumulative rewards and counts."""
-    idx = np.asarray(indices).ravel()
-    counts = tracker.counts(idx).astype(np.float64)
-    successes = np.where(counts > 0, np.clip(tracker.accuracy(idx), 0.0, 1.0) * counts, 0.0)
-    return allocate_informative(successes, counts, total, n_min, n_max)
+class InformativePolicy(AllocationPolicy):
+    """``informative``: p_i from the tracker's cumulative rewards and counts (Beta(1, 1) posterior), exact DP."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        idx = np.asarray(indices).ravel()
+        counts = self.tracker.counts(idx).astype(np.float64)
+        successes = np.where(counts > 0, np.clip(self.tracker.accuracy(idx), 0.0, 1.0) * counts, 0.0)
+        return allocate_informative(successes, counts, total, n_min, n_max)
 
 
 def _check_rates(p) -> np.ndarray:
@@ -169,4 +172,4 @@ def _check_rates(p) -> np.ndarray:
     return p
 
 
-register_policy("informative", informative_policy)
+register_policy("informative", InformativePolicy)

@@ -21,8 +21,6 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-ALLOCATION_POLICIES = ("e3", "uniform", "informative")
-
 
 @dataclass
 class AllocationConfig:
@@ -31,7 +29,8 @@ class AllocationConfig:
     enable: bool = True
     """Dynamic rollout (DR). Off: every prompt gets exactly ``rollout.n`` samples."""
     policy: str = "e3"
-    """``e3`` (rank-proportional, Alg. 1), ``informative`` (maximise expected mixed-outcome rollouts) or ``uniform``."""
+    """``e3`` (rank-proportional, Alg. 1), ``informative``, ``knapsack``, ``uniform``, or ``module.path:ClassName``
+    (see ``e3.allocation_policy``); resolved when the allocator is built."""
     n_update: int = 2
     """After each epoch n_min -= n_update and n_max += n_update (within [n_low, n_high])."""
     n_low: int = 4
@@ -41,11 +40,11 @@ class AllocationConfig:
     prior_accuracy: float = 0.0
     """Accuracy assumed for never-seen prompts (E3 counts them as 0, i.e. hardest)."""
     seed: int = 0
-    """Seed of the controllers' random draws (the verl engine's offline PREPO sampling). The difficulty ranking
-    draws none: prompts of equal accuracy share their average rank."""
+    """Seed of the controllers' random draws (allocation policies that draw, the verl engine's offline PREPO
+    sampling). The difficulty ranking draws none: prompts of equal accuracy share their average rank."""
 
     def validate(self) -> None:
-        _check(self.policy in ALLOCATION_POLICIES, "allocation.policy", f"must be one of {ALLOCATION_POLICIES}, got {self.policy!r}")
+        _check(bool(self.policy.strip()), "allocation.policy", f"must be a non-empty string, got {self.policy!r}")
         _check(self.n_update >= 0, "allocation.n_update", f"must be >= 0, got {self.n_update}")
         _check(self.n_low >= 2, "allocation.n_low", f"must be >= 2 (a group of one has no baseline), got {self.n_low}")
         _check(self.n_high >= self.n_low, "allocation.n_high", f"must be >= n_low={self.n_low}, got {self.n_high}")

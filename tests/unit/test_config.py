@@ -114,7 +114,7 @@ def test_falsy_non_mapping_section_raises(value):
 @pytest.mark.parametrize("data, key", [
     ({"allocation": {"n_low": 1}}, "e3.allocation.n_low"),
     ({"allocation": {"n_low": 6, "n_high": 5}}, "e3.allocation.n_high"),
-    ({"allocation": {"policy": "greedy"}}, "e3.allocation.policy"),
+    ({"allocation": {"policy": " "}}, "e3.allocation.policy"),
     ({"allocation": {"prior_accuracy": 1.5}}, "e3.allocation.prior_accuracy"),
     ({"allocation": {"n_update": -1}}, "e3.allocation.n_update"),
     ({"temperature": {"warmup_steps": 0}}, "e3.temperature.warmup_steps"),

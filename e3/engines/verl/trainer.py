@@ -50,6 +50,7 @@ import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
+from e3.allocation_policy import resolve_policy
 from e3.config import E3Config
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
@@ -103,7 +104,16 @@ def check_supported(config, cfg: E3Config) -> None:
         raise ValueError(f"trainer.default_hdfs_dir={remote}: no `hdfs` command on PATH, so the controller state "
                          "(e3_controller.pt) cannot be copied there with verl's hdfs_io; install the Hadoop client, "
                          "use a mounted path, or set trainer.default_hdfs_dir=null")
+    filter_groups = config.algorithm.get("filter_groups", None)
+    if filter_groups is not None and filter_groups.get("enable", False):
+        raise ValueError("algorithm.filter_groups.enable=true (DAPO dynamic sampling) cannot run with the e3 trainer: "
+                         "verl's replay buffer evicts zero-variance groups before the trainer sees them, so a step's "
+                         "sum of n_i depends on how many groups were dropped and their rewards never reach e3's "
+                         "difficulty records (solved and hopeless prompts would stay unranked, i.e. look hardest); "
+                         "set it to false (to spend fewer rollouts on zero-variance groups, use "
+                         "e3.allocation.policy=informative or knapsack)")
     n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
+    resolve_policy(alloc.policy)  # a bad e3.allocation.policy fails in the driver's preflight, before Ray starts
     if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
         raise ValueError(f"actor_rollout_ref.rollout.n={n} must lie in [e3.allocation.n_low, n_high] = "
                          f"[{alloc.n_low}, {alloc.n_high}]: the budgets start at n and move within those bounds")
