@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from e3.engines.local_config import PACKAGE_CONFIG_DIR  # noqa: E402
 from e3.io import atomic_write_json  # noqa: E402
 
-CONFIG_DIR = ROOT / "configs" / "local"
+CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
 
-# name -> (overlay under configs/local, extra dotted overrides). "informative" swaps E3's rank rule for the
+# name -> (overlay shipped in e3/config/local, extra dotted overrides). "informative" swaps E3's rank rule for the
 # informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only;
 # "knapsack" swaps in Knapsack RL's allocator (arXiv 2509.25849) inside full E3, same schedule and budget.
 CONFIGS = {

@@ -102,7 +102,7 @@ class E3Controller:
         if a.length_bias:
             if lengths is None:
                 raise ValueError("advantage.length_bias needs response lengths")
-            k = self.allocator.tracker.difficulty(rollout_indices)
+            k = self.allocator.tracker.difficulty(rollout_indices, unranked=1.0)  # unranked: hardest, no bias
             s = length_bias_scores(s, lengths, k, a.length_penalty_coeff, a.length_rank_threshold)
         adv = grpo_advantages(s, rollout_indices, a.eps)
         self._extra = {}
