@@ -1,4 +1,4 @@
-"""Difficulty-aware rollout budgets: E3 Algorithm 1 with the fixes of DESIGN.md 2.1.
+"""Difficulty-aware rollout budgets: E3 Algorithm 1, with our fixes of the authors' code (docs/differences.md).
 
 E3 (Liao et al., arXiv 2505.18573, section 3.1, Algorithm 1): prompts are ranked by cumulative accuracy at every
 epoch end, highest first, and get difficulty k_i = rank_i / |D| (easy -> 0, hard -> 1). A batch of B prompts with

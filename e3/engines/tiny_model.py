@@ -1,7 +1,7 @@
 """A tiny causal LM built from a config (no hub download) and its cached supervised warm start.
 
 The model is a ``transformers`` Llama (RMSNorm, rotary positions, SwiGLU, tied embeddings); at the default
-hidden 128 x 4 layers x 4 heads over the 16-symbol vocabulary it has 1.05M parameters (DESIGN.md section 4).
+hidden 128 x 4 layers x 4 heads over the 16-symbol vocabulary it has 1.05M parameters.
 
 Warm start: next-token cross-entropy on demonstrations ``<left-padded prompt><answer><eos>`` drawn from the
 task's ``demo`` pool (an equal share of every level in each batch), AdamW with linear warm-up and cosine decay.

@@ -10,7 +10,7 @@ Every problem of a level is enumerated and assigned, by a stable hash of its tex
 ``demo`` (demonstrations: the only problems the supervised warm start sees), ``rl`` (prompts with a verifiable
 answer but no demonstration: the RL training set) and ``val`` (held out from both). This is the RLVR setting in
 miniature: demonstrations are scarce, verifiable prompts are plentiful, so the gain from RL on the ``rl`` pool is
-headroom that more supervised training on the ``demo`` pool does not fill (DESIGN.md section 4).
+headroom that more supervised training on the ``demo`` pool does not fill.
 
 Why not reasoning-gym: its arithmetic prompts are English instructions (``"Calculate 12 + 34. Give only the
 result."``) of 40-120 characters over ~60 distinct characters. A 1M-parameter character model on two CPU cores

@@ -1,4 +1,4 @@
-"""Controller robustness (issue 7): every odd input to ``E3Controller`` has a defined, logged outcome.
+"""Controller robustness: every odd input to ``E3Controller`` has a defined, logged outcome.
 
 Cases: NaN / inf / zero / negative entropy (temperature kept, counted in ``rollout/invalid_entropy``, a warning
 logged; the warm-up target is not polluted), an empty batch (``plan([])`` / ``observe`` with empty arrays), a batch

@@ -17,7 +17,7 @@ from e3.allocation import (
 from e3.config import E3Config
 
 
-def seed_alg1(k, total, n_min):
+def authors_alg1(k, total, n_min):
     """E3 Algorithm 1 as printed (no cap in steps 1-2): the oracle for the cases where no cap binds.
 
     1. everybody gets n_min; R = total - B*n_min;  2. + floor(R*k_i/sum k) (sum k = 0: spread evenly);
@@ -84,9 +84,9 @@ def test_alg1_leftover_goes_one_at_a_time_when_no_cap_binds():
 
 def test_one_hard_prompt_among_easy_ones_is_capped_and_the_rest_redistributed():
     # 20 prompts, G = 8, bounds [4, 12]: N = 160, R = 160 - 80 = 80, k = [0]*19 + [1] (sum k = 1)
-    # seed code: the hard prompt gets 4 + floor(80 * 1/1) = 84 rollouts, far above n_max = 12
+    # the authors' code: the hard prompt gets 4 + floor(80 * 1/1) = 84 rollouts, far above n_max = 12
     k = [0.0] * 19 + [1.0]
-    assert seed_alg1(k, 160, 4)[-1] == 84
+    assert authors_alg1(k, 160, 4)[-1] == 84
     # ours: the hard prompt takes min(80, 12 - 4) = 8 -> 12; the other 72 go to the 19 easy ones evenly:
     # floor(72/19) = 3 each -> 7, leftover 72 - 57 = 15 -> one each to the first 15 easy prompts -> 8
     n = allocate_rollouts(k, total=160, n_min=4, n_max=12)
@@ -95,9 +95,9 @@ def test_one_hard_prompt_among_easy_ones_is_capped_and_the_rest_redistributed():
 
 
 def test_cap_holds_with_rank_difficulties():
-    # one prompt at k = 31/32 among 31 easy ones at k = 1/32 (ties): the seed code exceeds n_max
+    # one prompt at k = 31/32 among 31 easy ones at k = 1/32 (ties): the authors' code exceeds n_max
     k = np.array([1 / 32] * 31 + [31 / 32])
-    assert seed_alg1(k, 32 * 8, 4)[-1] > 12
+    assert authors_alg1(k, 32 * 8, 4)[-1] > 12
     n = allocate_rollouts(k, total=32 * 8, n_min=4, n_max=12)
     assert n[-1] == 12
     check_invariants(n, k, 256, 4, 12)
@@ -161,7 +161,7 @@ def test_invariants_tied_difficulty(args):
 @given(budgets())
 def test_equals_alg1_whenever_no_cap_binds(args):
     k, total, n_min, n_max = args
-    ref = seed_alg1(k, total, n_min)
+    ref = authors_alg1(k, total, n_min)
     if ref.max() <= n_max:
         assert allocate_rollouts(k, total, n_min, n_max).tolist() == ref.tolist()
 

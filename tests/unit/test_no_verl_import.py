@@ -12,7 +12,7 @@ CORE = ["e3.allocation", "e3.temperature", "e3.curriculum", "e3.weighting", "e3.
 
 def _core_modules():
     mods = list(CORE)
-    if importlib.util.find_spec("e3.reward") is not None:  # written by another helper
+    if importlib.util.find_spec("e3.reward") is not None:
         mods.append("e3.reward")
     return mods
 

@@ -22,7 +22,7 @@ def apply_prompt_temperature(prompt: dict, sampling_params: dict, validate: bool
     """Pop ``__temperature__`` from ``prompt``; return the sampling params this prompt is sampled with.
 
     Validation keeps verl's ``val_kwargs`` temperature. A non-positive or non-finite value is refused loudly:
-    a silent fallback is how the seed code ran at tau = 1 without anyone noticing.
+    a silent fallback is how the authors' code ran at tau = 1 without anyone noticing.
     """
     value = prompt.pop(TEMPERATURE_KEY, None)
     if ROLLOUT_N_KEY in prompt:  # a 0-d tensor after verl's per-prompt split; range() wants an int
