@@ -30,11 +30,8 @@ from |D| = 40,000 prompts whose records all exist (one group of 8 each), on this
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 

@@ -10,7 +10,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path

@@ -24,7 +24,6 @@ rate = the warm start's final one (``warm_start.min_lr``), constant; evaluated l
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import os

@@ -44,7 +44,7 @@ import math
 import numpy as np
 
 from e3.allocation import check_budget
-from e3.allocation_policy import AllocationPolicy, register_policy
+from e3.allocation_policy import AllocationPolicy, check_pass_rates, register_policy
 
 PRIOR_A = 1.0
 """Beta prior pseudo-successes for the pass rate of a prompt (uniform prior: a = b = 1)."""
@@ -55,7 +55,7 @@ PRIOR_B = 1.0
 def expected_informative(n, p) -> np.ndarray:
     """Expected informative rollouts n * (1 - p^n - (1-p)^n) per prompt for known pass rates ``p`` (elementwise)."""
     n = np.asarray(n, dtype=np.float64)
-    p = _check_rates(p)
+    p = check_pass_rates(p)
     return n * (1.0 - p ** n - (1.0 - p) ** n)
 
 
@@ -151,7 +151,7 @@ def allocate_informative(successes, counts, total: int, n_min: int, n_max: int,
 
 def allocate_for_pass_rates(p, total: int, n_min: int, n_max: int) -> np.ndarray:
     """Oracle variant: the same exact optimisation with known pass rates (benchmark upper reference)."""
-    p = _check_rates(p).ravel()
+    p = check_pass_rates(p).ravel()
     return allocate_max_separable(pass_rate_table(p, n_min, n_max), total, n_min, n_max)
 
 
@@ -163,13 +163,6 @@ class InformativePolicy(AllocationPolicy):
         counts = self.tracker.counts(idx).astype(np.float64)
         successes = np.where(counts > 0, np.clip(self.tracker.accuracy(idx), 0.0, 1.0) * counts, 0.0)
         return allocate_informative(successes, counts, total, n_min, n_max)
-
-
-def _check_rates(p) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
-        raise ValueError("pass rates must be finite and in [0, 1]")
-    return p
 
 
 register_policy("informative", InformativePolicy)

@@ -42,21 +42,21 @@ from __future__ import annotations
 import numpy as np
 
 from e3.allocation import check_budget, uniform_rollouts
-from e3.allocation_policy import AllocationPolicy, register_policy
+from e3.allocation_policy import AllocationPolicy, check_pass_rates, register_policy
 
 ESTIMATORS = ("last", "cumulative")
 
 
 def info_gain(p) -> np.ndarray:
     """InfoGain(p) = p (1 - p)^2 (peak 4/27 at p = 1/3; zero for solved and hopeless prompts)."""
-    p = _check_rates(p)
+    p = check_pass_rates(p)
     return p * (1.0 - p) ** 2
 
 
 def knapsack_value(n, p) -> np.ndarray:
     """Value(N, p) = (1 - p^N - (1 - p)^N) p (1 - p)^2, elementwise."""
     n = np.asarray(n, dtype=np.float64)
-    p = _check_rates(p)
+    p = check_pass_rates(p)
     return (1.0 - p ** n - (1.0 - p) ** n) * p * (1.0 - p) ** 2
 
 
@@ -68,7 +68,7 @@ def value_table(p, n_min: int, n_max: int) -> np.ndarray:
 
 def allocate_knapsack(p, total: int, n_min: int, n_max: int) -> np.ndarray:
     """Exact argmax of sum_i Value(n_i, p_i) s.t. sum n_i = total, n_min <= n_i <= n_max (ties as documented)."""
-    p = _check_rates(p).ravel()
+    p = check_pass_rates(p).ravel()
     total, n_min, n_max = int(total), int(n_min), int(n_max)
     check_budget(p.size, total, n_min, n_max)
     n = np.full(p.size, n_min, dtype=np.int64)
@@ -161,13 +161,6 @@ class KnapsackPolicy(AllocationPolicy):
 
     def metrics(self) -> dict:
         return dict(self._stats)
-
-
-def _check_rates(p) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
-        raise ValueError("pass rates must be finite and in [0, 1]")
-    return p
 
 
 register_policy("knapsack", KnapsackPolicy)

@@ -175,3 +175,11 @@ def _import_builtins() -> None:
     """The project's policies register themselves when their modules are imported."""
     for name in _BUILTIN_MODULES:
         importlib.import_module(name)
+
+
+def check_pass_rates(p) -> np.ndarray:
+    """Pass-rate estimates as float64, refused unless finite and in [0, 1] (value tables of informative, knapsack)."""
+    p = np.asarray(p, dtype=np.float64)
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
+        raise ValueError("pass rates must be finite and in [0, 1]")
+    return p

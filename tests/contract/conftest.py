@@ -6,31 +6,16 @@ model, tokenizer and parquet files are built once per session and only read afte
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from .verl_harness import arithmetic_rows, build_tiny_model
+from .verl_harness import arithmetic_rows, build_tiny_model, ray_and_transfer_queue
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray = pytest.importorskip("ray")
-    tq = pytest.importorskip("transfer_queue")
-    import verl
-    from omegaconf import OmegaConf
-
-    if ray.is_initialized():  # left over from another module: start clean, with our resource limits
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
-                                       "transfer_queue.yaml"))
-    conf.backend.SimpleStorage.num_data_storage_units = 1
-    conf.backend.SimpleStorage.total_storage_size = 20000
-    tq.init(conf)
-    yield
-    tq.close()
-    ray.shutdown()
+    with ray_and_transfer_queue():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 from collections import Counter
@@ -24,11 +23,10 @@ import pytest
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from e3.data import write_rows  # noqa: E402
 
 from .verl_harness import ScriptedServer, arithmetic_rows, assemble, build_tiny_model  # noqa: E402
+from .verl_harness import compose as harness_compose  # noqa: E402
 
 B, N = 4, 4
 SPEC = "user_alloc:CumulativeKnapsack"
@@ -57,26 +55,9 @@ class CumulativeKnapsack(KnapsackPolicy):
 
 
 def compose(workdir, *extra):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from e3.main_train import CONFIG_DIR
-
-    overrides = [
-        f"actor_rollout_ref.model.path={workdir / 'model'}",
-        f"data.train_files={workdir / 'train.parquet'}", f"data.val_files={workdir / 'valid.parquet'}",
-        f"data.train_batch_size={B}", "data.dataloader_num_workers=0", "data.max_prompt_length=128",
-        "data.max_response_length=32", "data.seed=7",
-        f"actor_rollout_ref.rollout.n={N}", "actor_rollout_ref.rollout.name=vllm",
-        "actor_rollout_ref.rollout.calculate_log_probs=false", "actor_rollout_ref.rollout.agent.num_workers=1",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={B}",
-        "e3.allocation.n_low=2", "e3.allocation.n_high=6", "e3.allocation.n_update=2",
-        "reward.num_workers=1", "trainer.n_gpus_per_node=1", "trainer.total_epochs=2",
-        "trainer.total_training_steps=6", "trainer.save_freq=6", "trainer.test_freq=6",
-        "trainer.logger=[console,file]", f"trainer.default_local_dir={workdir / 'ckpt'}",
-        *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return hydra_compose(config_name="e3_trainer", overrides=overrides)
+    """The harness's tiny run (B x N, 6 steps over 2 epochs), one checkpoint at the end."""
+    return harness_compose(workdir, "trainer.save_freq=6", "trainer.test_freq=6", "trainer.logger=[console,file]",
+                           *extra, batch=B, n=N)
 
 
 @pytest.fixture(scope="module")
@@ -124,20 +105,11 @@ def test_the_policy_is_resolved_in_the_drivers_preflight(workdir, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def run(workdir, tmp_path_factory):
-    import verl
+def run(cluster, workdir, tmp_path_factory):
     from transformers import AutoTokenizer
 
     from e3.engines.verl.trainer import E3Trainer
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
-                                       "transfer_queue.yaml"))
-    conf.backend.SimpleStorage.num_data_storage_units = 1
-    conf.backend.SimpleStorage.total_storage_size = 20000
-    tq.init(conf)
     env = pytest.MonkeyPatch()
     env.syspath_prepend(str(workdir / "user"))
     sys.modules.pop("user_alloc", None)
@@ -164,8 +136,6 @@ def run(workdir, tmp_path_factory):
     finally:
         env.undo()
         sys.modules.pop("user_alloc", None)
-        tq.close()
-        ray.shutdown()
 
 
 @pytest.mark.slow

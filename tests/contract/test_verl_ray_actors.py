@@ -27,33 +27,19 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
-from omegaconf import OmegaConf  # noqa: E402
-
 from e3.data import write_rows  # noqa: E402
 
-from .verl_harness import ScriptedServer, arithmetic_rows, build_tiny_model  # noqa: E402
+from .verl_harness import ScriptedServer, arithmetic_rows, build_tiny_model, ray_and_transfer_queue  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    import verl
-
-    if ray.is_initialized():
-        ray.shutdown()
     # the scripted server's module lives under tests/ (imported by pytest, not installed): let workers import it
     path = os.pathsep.join([str(HERE.parent), str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}})
-    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
-                                       "transfer_queue.yaml"))
-    conf.backend.SimpleStorage.num_data_storage_units = 1  # the default 8 hang a 2-CPU Ray cluster
-    conf.backend.SimpleStorage.total_storage_size = 20000
-    tq.init(conf)
-    yield
-    tq.close()
-    ray.shutdown()
+    with ray_and_transfer_queue(4, {"env_vars": {"PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}}):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ under which verl's ``actor/entropy`` is not a token mean), then a resumed run fr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 
@@ -21,7 +20,6 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
-from omegaconf import OmegaConf  # noqa: E402
 
 from e3.advantage import grpo_advantages  # noqa: E402
 from e3.temperature import temperature_update  # noqa: E402

@@ -18,6 +18,7 @@ Nothing is downloaded: the tokenizer (bytes + ChatML tokens) and the model are b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import re
@@ -286,6 +287,31 @@ def assemble(trainer, model_dir: Path, server: ScriptedServer, dp: int = 1, ref_
     agent_loop.worker = E3AgentLoopWorkerImpl(copy.deepcopy(trainer.config), server, None, [reward])
     trainer.on_init_end()  # verl: sync the (restored) weights to the rollout replicas
     return agent_loop
+
+
+@contextlib.contextmanager
+def ray_and_transfer_queue(num_cpus: int = 2, runtime_env: dict | None = None):
+    """A local Ray (started clean) and verl's TransferQueue with one storage unit: verl's default of 8 units hangs a
+    2-CPU Ray cluster. Both are shut down on exit."""
+    import ray
+    import transfer_queue as tq
+    import verl
+    from omegaconf import OmegaConf
+
+    if ray.is_initialized():  # left over from another module: start clean, with our resource limits
+        ray.shutdown()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+             **({"runtime_env": runtime_env} if runtime_env else {}))
+    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
+                                       "transfer_queue.yaml"))
+    conf.backend.SimpleStorage.num_data_storage_units = 1
+    conf.backend.SimpleStorage.total_storage_size = 20000
+    tq.init(conf)
+    try:
+        yield
+    finally:
+        tq.close()
+        ray.shutdown()
 
 
 def compose(workdir: Path, *extra: str, batch: int = 4, n: int = 4):

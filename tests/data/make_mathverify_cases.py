@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import json
-import os
 import sys
 import textwrap
 import types

@@ -7,7 +7,6 @@ The user's module is written to a temporary directory, put on ``sys.path`` and s
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from e3.engines import checkpoint as ckpt

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import e3.reward as reward
-import e3.reward_pool as reward_pool
 from e3.reward import compute_score, gold_text, reward_stats, score_batch
 from e3.reward_score import last_boxed
 
