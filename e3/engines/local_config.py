@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from e3.config import E3Config
+from e3.engines.chain_task import ChainLevel
 from e3.engines.tiny_task import Level
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,7 +100,7 @@ _INT_POS = ["task.train_size", "task.val_size", "task.prompt_width", "task.max_n
             "model.num_layers", "model.num_heads", "model.intermediate_size", "warm_start.batch_size",
             "rollout.batch_size", "rollout.n", "trainer.total_steps", "trainer.ppo_epochs", "trainer.mini_batches",
             "trainer.save_every", "trainer.keep_checkpoints", "trainer.val_every", "val.n_samples", "threads"]
-_INT_NONNEG = ["seed", "task.seed", "warm_start.steps", "warm_start.warmup_steps"]
+_INT_NONNEG = ["seed", "task.seed", "task.report_samples", "warm_start.steps", "warm_start.warmup_steps"]
 _FLOAT_POS = ["warm_start.lr", "trainer.lr", "trainer.clip_ratio", "trainer.grad_clip", "val.temperature"]
 _FLOAT_NONNEG = ["warm_start.min_lr", "warm_start.weight_decay", "warm_start.prompt_loss", "trainer.weight_decay"]
 
@@ -135,11 +136,25 @@ def validate(cfg: DictConfig) -> E3Config:
     levels = get("task.levels")
     if not levels:
         fail("task.levels", "must list at least one level")
+    ks = get("val.pass_k")
+    if ks is None or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        fail("val.pass_k", "must be a list of integers >= 1")
+    if get("task.kind") not in ("arithmetic", "chain"):
+        fail("task.kind", "must be arithmetic or chain")
     for spec in levels:
         try:
-            Level.parse(str(spec))
+            (ChainLevel if get("task.kind") == "chain" else Level).parse(str(spec))
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    if get("task.kind") == "chain":
+        if get("warm_start.demo_error_rate") != 0:
+            fail("warm_start.demo_error_rate", "must be 0 with task.kind=chain (its demonstrator slips per step: "
+                 "task.chain.step_error_rate)")
+        for key in ("task.chain.problems_per_level", "task.chain.demo_variants"):
+            if not isinstance(get(key), int) or isinstance(get(key), bool) or get(key) < 1:
+                fail(key, "must be an integer >= 1")
+        if not isinstance(get("task.chain.step_error_rate"), (int, float)) or not 0 <= get("task.chain.step_error_rate") < 1:
+            fail("task.chain.step_error_rate", "must be a number in [0, 1)")
     if get("model.hidden_size") % get("model.num_heads"):
         fail("model.hidden_size", "must be divisible by model.num_heads")
     for key in ("data.train_file", "data.val_file", "warm_start.cache_dir"):
