@@ -13,12 +13,23 @@ Rollouts to a target = first crossing of the validation curve, linearly interpol
 ratio = GRPO's rollouts to the same target / the configuration's (> 1: fewer rollouts than GRPO). Not reached within
 the budget counts as not reached (reported, left out of the mean).
 
+pass@k (``val.pass_k``, k <= ``val.n_samples``; e.g. ``val.n_samples=64`` for k up to 64): every validation logs
+the unbiased ``val/pass@K`` with its standard error over problems; the bench prints pass@1 and the largest pass@k
+at the start (warm start) and the end of every configuration (mean ± s.e. over seeds, the paired change, how many
+seeds end below the start, the difference to GRPO on the same seed), one line per run with the paired change ±
+its s.e. over problems, and draws ``pass_at_k.png`` (start vs end, and the change, per k),
+``entropy_temperature_all_wrong.png`` and ``pass_at_k_vs_rollouts.png``.
+
+Tasks: ``--task arithmetic`` (``configs/local/default.yaml``) or ``--task chain`` (``configs/local/chain.yaml``, the
+scratchpad task built so that GRPO narrows the policy); each configuration's overlay goes on top of the task's file.
+
 Control: continued supervised training from the same warm start on the same (noisy) demonstrations, at equal
 forward+backward work: as many optimizer steps as the RL runs, each on 256 sequences of the same length
 (an RL step backpropagates through 256 rollouts; it also pays for generation, which the control does not). Learning
 rate = the warm start's final one (``warm_start.min_lr``), constant; evaluated like the RL runs.
 
-``python bench/learning.py [--quick] [--seeds 3] [--configs grpo e3 ...] [--steps 150] [--jobs 2] [--out DIR]``
+``python bench/learning.py [--quick] [--task chain] [--seeds 3] [--configs grpo e3 ...] [--steps 150] [--jobs 2]
+[--out DIR] [key=value ...]``
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ solved in 8 samples, many always solved); and success on the hardest problems co
 diverse sampling rather than from a skill, which is what plain GRPO trades away when it sharpens the policy.
 
 A problem applies ``steps`` operations to a start number, left to right: ``"47+8-3+9="``. The response is the
-scratchpad, one step per operation, ``<op><operand>=<running value>``: ``"+8=55-3=52+9=61"``. Each step copies the
-next operation from the prompt (an induction-head lookup) and does one small sum (the arithmetic task's easiest
-level). The verifier reads the text after the last ``=`` (the whole response when there is none) and compares it
-with the true value: an outcome reward, the scratchpad itself is not checked, as in math RL.
+scratchpad: the start number, then one step per operation, ``<op><operand>=<running value>``:
+``"47+8=55-3=52+9=61"``. Each step copies the next operation from the prompt (an induction-head lookup: find the
+previous operation in the prompt, take the one after it) and does one small sum whose operands sit just before it
+in the response. The verifier reads the text after the last ``=`` (the whole response when there is none) and
+compares it with the true value: an outcome reward, the scratchpad itself is not checked, as in math RL.
 
 Levels are named ``"<start digits>d<ops><operand digits>dx<steps>"``, e.g. ``"2d+-1dx3"`` (a two-digit start,
 three +/- steps with one-digit operands) or ``"2d*1dx1"``. A level with more problems than
@@ -98,7 +99,7 @@ def prompt_of(start: int, chain: tuple) -> str:
 
 def scratchpad(start: int, chain: tuple, slips: tuple = ()) -> tuple[str, int]:
     """(scratchpad text, final value); ``slips[i]`` is added to step i's running value (0 = a correct step)."""
-    value, parts = start, []
+    value, parts = start, [str(start)]
     for i, (op, d) in enumerate(chain):
         value = apply(value, op, d) + (slips[i] if i < len(slips) else 0)
         parts.append(f"{op}{d}={value}")

@@ -13,14 +13,14 @@ from e3.engines.task_report import format_report, summarise
 def test_scratchpad_and_verifier_on_a_worked_example():
     chain = (("+", 8), ("-", 3), ("+", 9))
     assert ct.prompt_of(47, chain) == "47+8-3+9="
-    assert ct.scratchpad(47, chain) == ("+8=55-3=52+9=61", 61)
+    assert ct.scratchpad(47, chain) == ("47+8=55-3=52+9=61", 61)
     # one slip carries through: 55 -> 65, then the demonstrator continues correctly from 65
-    assert ct.scratchpad(47, chain, (10, 0, 0)) == ("+8=65-3=62+9=71", 71)
-    assert ct.scratchpad(12, (("*", 3), ("-", 40))) == ("*3=36-40=-4", -4)
-    assert ct.score("+8=55-3=52+9=61", "61") == 1.0
-    assert ct.score("+8=55-3=52+9=60", "61") == 0.0
+    assert ct.scratchpad(47, chain, (10, 0, 0)) == ("47+8=65-3=62+9=71", 71)
+    assert ct.scratchpad(12, (("*", 3), ("-", 40))) == ("12*3=36-40=-4", -4)
+    assert ct.score("47+8=55-3=52+9=61", "61") == 1.0
+    assert ct.score("47+8=55-3=52+9=60", "61") == 0.0
     assert ct.score("61", "61") == 1.0  # outcome reward: the scratchpad is not required
-    assert ct.score("+8=55-3=52+9=61+", "61") == 0.0
+    assert ct.score("47+8=55-3=52+9=61+", "61") == 0.0
     assert ct.final_answer("+4=-1") == "-1"
 
 
@@ -55,6 +55,7 @@ def test_pools_are_disjoint_and_answers_true():
     for row in pools["demo"]:
         assert ct.score(row["answer"], str(eval(row["prompt"][:-1]))) == 1.0
         assert row["answer"].count("=") == row["prompt"].count("+") + row["prompt"].count("-")
+        assert row["answer"].startswith(row["prompt"].split("+")[0].split("-")[0])  # the start number first
 
 
 def test_noisy_demonstrator_slips_each_step_at_the_configured_rate():
