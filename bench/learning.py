@@ -232,6 +232,14 @@ def pass_k_points(metrics: list[dict]) -> dict:
     return {"pass_k": out}
 
 
+def read_levels(run_dir: str) -> list:
+    """``task.levels`` of a run, from the config.yaml the engine saved in its run directory."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    return list(OmegaConf.load(path).task.levels) if path.is_file() else []
+
+
 def mean_se(values) -> dict:
     """Mean over seeds with its standard error (sample std / sqrt(seeds))."""
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
@@ -498,6 +506,12 @@ def main(argv=None) -> int:
     write_json_atomic(out / "learning.json", res)
     fig = figure(res, str(out / "learning_accuracy_vs_rollouts.png"))
     print(report(res))
+    for r in runs:  # the start-up difficulty report of each seed's warm start (logged at step 0 of its GRPO run)
+        if r["name"] == "grpo" and r["metrics"] and "task/never_solved" in r["metrics"][0]:
+            from e3.engines.task_report import format_report
+
+            levels = [str(v) for v in read_levels(r["run_dir"])]
+            print(f"seed {r['seed']}: " + format_report(r["metrics"][0], levels).replace("[e3] ", "", 1))
     passk = report_pass_k(res)
     if passk:
         print("\npass@k on the held-out problems, start (warm start) vs end; mean ± s.e. over seeds:")

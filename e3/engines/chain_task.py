@@ -26,6 +26,10 @@ start learns the demonstrator's spread of answers rather than one fixed mistake 
 demonstration of an L-step problem is right is (1 - q)^L: long chains are rarely demonstrated correctly, which
 gives the task its hard tail.
 
+``task.chain.demo_levels`` (default: all) names the levels that have demonstrations; the others appear only as RL
+and validation prompts, harder than anything demonstrated (longer chains, or steps composed in a new way), as
+competition problems are harder than the worked solutions a base model saw.
+
 Demo rows carry the full scratchpad under ``answer`` (the warm start's target text); RL and validation rows carry
 the final value (the verifier's ground truth).
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -130,8 +135,10 @@ def noisy_demos(problems: list[tuple], levels: list[int], variants: int, error_r
 
 
 def build_pools(levels: list[str], seed: int, val_fraction: float, demo_fraction: float, problems_per_level: int,
-                demo_variants: int, step_error_rate: float) -> dict[str, list[dict]]:
-    """The three disjoint pools; demo rows hold noisy scratchpads, rl/val rows the true final value."""
+                demo_variants: int, step_error_rate: float, demonstrated: Optional[list[str]] = None
+                ) -> dict[str, list[dict]]:
+    """The three disjoint pools; demo rows hold noisy scratchpads, rl/val rows the true final value. Levels not in
+    ``demonstrated`` (None: all) get no demonstrations: their demo-pool share is left unused."""
     pools: dict[str, list[dict]] = {"demo": [], "rl": [], "val": []}
     demo_problems, demo_levels = [], []
     for li, spec in enumerate(levels):
@@ -140,8 +147,9 @@ def build_pools(levels: list[str], seed: int, val_fraction: float, demo_fraction
             prompt = prompt_of(start, chain)
             where = pool_of(prompt, seed, val_fraction, demo_fraction)
             if where == "demo":
-                demo_problems.append((start, chain))
-                demo_levels.append(li)
+                if demonstrated is None or spec in demonstrated:
+                    demo_problems.append((start, chain))
+                    demo_levels.append(li)
             else:
                 pools[where].append({"prompt": prompt, "answer": str(scratchpad(start, chain)[1]), "level": li})
     pools["demo"] = noisy_demos(demo_problems, demo_levels, demo_variants, step_error_rate,
@@ -153,8 +161,9 @@ def load_task(task_cfg) -> tuple[list, list, list]:
     """(demo rows, train rows, val rows) of the chain task from the ``task`` config section."""
     c = task_cfg.chain
     levels = [str(s) for s in task_cfg.levels]
+    demonstrated = None if c.demo_levels is None else [str(s) for s in c.demo_levels]
     pools = build_pools(levels, int(task_cfg.seed), float(task_cfg.val_fraction), float(task_cfg.demo_fraction),
-                        int(c.problems_per_level), int(c.demo_variants), float(c.step_error_rate))
+                        int(c.problems_per_level), int(c.demo_variants), float(c.step_error_rate), demonstrated)
     rng = np.random.default_rng(int(task_cfg.seed))
     train = sample_rows(pools["rl"], len(levels), int(task_cfg.train_size), rng)
     val = sample_rows(pools["val"], len(levels), int(task_cfg.val_size), rng)

@@ -155,6 +155,9 @@ def validate(cfg: DictConfig) -> E3Config:
                 fail(key, "must be an integer >= 1")
         if not isinstance(get("task.chain.step_error_rate"), (int, float)) or not 0 <= get("task.chain.step_error_rate") < 1:
             fail("task.chain.step_error_rate", "must be a number in [0, 1)")
+        demo = get("task.chain.demo_levels")
+        if demo is not None and (not len(demo) or any(str(d) not in [str(v) for v in levels] for d in demo)):
+            fail("task.chain.demo_levels", "must be null or a non-empty list of specs from task.levels")
     if get("model.hidden_size") % get("model.num_heads"):
         fail("model.hidden_size", "must be divisible by model.num_heads")
     for key in ("data.train_file", "data.val_file", "warm_start.cache_dir"):

@@ -98,3 +98,15 @@ def test_startup_report_counts_never_always_and_mixed():
     assert m["task/never_solved_level_1"] == 0.5 and m["task/pass_rate_level_1"] == 0.25
     text = format_report(m, ["easy", "hard"])
     assert "never solved 50.0%, always solved 25.0%, mixed 25.0%" in text and "level 1       hard" in text
+
+
+def test_undemonstrated_levels_appear_only_as_rl_and_val_prompts():
+    pools = ct.build_pools(["2d+-1dx1", "2d+-1dx2"], seed=3, val_fraction=0.2, demo_fraction=0.3,
+                           problems_per_level=400, demo_variants=1, step_error_rate=0.0, demonstrated=["2d+-1dx1"])
+    assert {r["level"] for r in pools["demo"]} == {0}
+    assert {r["level"] for r in pools["rl"]} == {r["level"] for r in pools["val"]} == {0, 1}
+    # the demonstrated level's pools do not change when another level loses its demonstrations
+    full = ct.build_pools(["2d+-1dx1", "2d+-1dx2"], seed=3, val_fraction=0.2, demo_fraction=0.3,
+                          problems_per_level=400, demo_variants=1, step_error_rate=0.0)
+    assert [r for r in full["demo"] if r["level"] == 0] == pools["demo"]
+    assert full["rl"] == pools["rl"] and full["val"] == pools["val"]
