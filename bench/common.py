@@ -10,7 +10,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,10 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CONFIG_DIR = ROOT / "configs" / "local"
+from e3.engines.local_config import PACKAGE_CONFIG_DIR  # noqa: E402
+from e3.io import atomic_write_json  # noqa: E402
 
-# name -> (overlay under configs/local, extra dotted overrides). "informative" swaps E3's rank rule for the
-# informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only.
+CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
+
+# name -> (overlay shipped in e3/config/local, extra dotted overrides). "informative" swaps E3's rank rule for the
+# informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only;
+# "knapsack" swaps in Knapsack RL's allocator (arXiv 2509.25849) inside full E3, same schedule and budget.
 CONFIGS = {
     "grpo": ("grpo.yaml", []),
     "ts": ("ts.yaml", []),
@@ -35,6 +38,7 @@ CONFIGS = {
     "e3_prepo": ("e3_prepo.yaml", []),
     "informative": ("e3.yaml", ["e3.allocation.policy=informative"]),
     "dr_informative": ("dr.yaml", ["e3.allocation.policy=informative"]),
+    "knapsack": ("e3.yaml", ["e3.allocation.policy=knapsack"]),
 }
 
 
@@ -163,9 +167,4 @@ def machine() -> dict:
 
 
 def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, default=float)
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=1, default=float)

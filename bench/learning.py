@@ -35,7 +35,6 @@ rate = the warm start's final one (``warm_start.min_lr``), constant; evaluated l
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import os
@@ -52,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (CONFIGS, TASKS, compose, curve, fmt, machine, rollouts_to_target,  # noqa: E402
                           run_overrides, run_phases, spread, table, write_json_atomic)
+from e3.io import atomic_write_jsonl  # noqa: E402
 
 DEFAULT_CONFIGS = ["grpo", "e3", "prepo", "e3_prepo", "informative"]
 
@@ -123,9 +123,7 @@ def run_sft_control(seed: int, run_dir: str, overrides: list[str], task: str = "
     warm_start(eng.model, eng.tok, eng.demo, ws, cfg.task.prompt_width, cfg.task.max_new_tokens, cfg.seed + 104729,
                {"bench": "sft-control", "seed": seed, "ws": ws}, eng.device, progress)
     shutil.rmtree(os.path.join(run_dir, "cache"), ignore_errors=True)
-    with open(os.path.join(run_dir, "metrics.jsonl.tmp"), "w", encoding="utf-8") as fh:  # complete runs only
-        fh.writelines(json.dumps(p) + "\n" for p in points)
-    os.replace(os.path.join(run_dir, "metrics.jsonl.tmp"), os.path.join(run_dir, "metrics.jsonl"))
+    atomic_write_jsonl(os.path.join(run_dir, "metrics.jsonl"), points)  # complete runs only
     return {"name": "sft_control", "seed": seed, "run_dir": run_dir, "metrics": points, "warm_start": info,
             "seconds": time.perf_counter() - t0, "train_seconds": time.perf_counter() - t_train}
 

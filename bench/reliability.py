@@ -1,4 +1,4 @@
-"""Reliability figures (issue 7): fuzzed rewards, killed runs, malformed data, odd controller inputs.
+"""Reliability figures: fuzzed rewards, killed runs, malformed data, odd controller inputs.
 
     python bench/reliability.py            # full: 10,000 fuzzed rewards, 5 kills of training, 5 of inference
     python bench/reliability.py --quick    # the same checks, smaller (< 2 minutes)

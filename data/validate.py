@@ -1,6 +1,7 @@
 """Check verl data files row by row: ``python data/validate.py FILE [FILE ...]``.
 
-Prints ``ok FILE: N rows`` per file, or the first bad row as ``FILE, row R: field 'F': problem`` and exits 1.
+Prints ``ok FILE: N rows`` per file, or the first bad row as ``FILE, line N: field 'F': problem`` (JSON lines,
+1-based) or ``FILE, row R: ...`` (parquet, 0-based) and exits 1.
 The checks are ``e3.data.validate_file`` (the schema the e3 trainer, the local engine and inference rely on).
 """
 

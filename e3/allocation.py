@@ -1,4 +1,4 @@
-"""Difficulty-aware rollout budgets: E3 Algorithm 1 with the fixes of DESIGN.md 2.1.
+"""Difficulty-aware rollout budgets: E3 Algorithm 1, with our fixes of the authors' code (docs/differences.md).
 
 E3 (Liao et al., arXiv 2505.18573, section 3.1, Algorithm 1): prompts are ranked by cumulative accuracy at every
 epoch end, highest first, and get difficulty k_i = rank_i / |D| (easy -> 0, hard -> 1). A batch of B prompts with
@@ -8,16 +8,22 @@ total budget N = B * G is then split as
 
 and the bounds move every epoch: n_min = max(n_min - n_update, n_low), n_max = min(n_max + n_update, n_high).
 
-Our fixes of the authors' code: ties in the ranking are broken by a seeded generator (not dataset order); the cap
-n_max holds in every step (what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder
-prompt never gets fewer than an easier one; n_i >= 2 (a group of one has no baseline).
+Our fixes of the authors' code: prompts of equal accuracy share their average rank (the authors' code ranks ties
+in dataset order; a random tie-break would give equal evidence unequal budgets); the cap n_max holds in every step
+(what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder prompt never gets fewer than
+an easier one; n_i >= 2 (a group of one has no baseline).
+
+The split itself is a plug-in (``e3.allocation_policy``): ``E3Policy`` (Alg. 1) and ``UniformPolicy`` live here,
+``informative`` and ``knapsack`` in their own modules, a user's policy in the user's module.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
+
+from e3.allocation_policy import AllocationPolicy, build_policy, check_allocation, register_policy
 
 MIN_GROUP = 2
 
@@ -85,13 +91,13 @@ def uniform_rollouts(size: int, total: int, n_min: int, n_max: int, difficulty=N
 class DifficultyTracker:
     """Cumulative per-prompt accuracy (key: dataset row index) and the epoch-end ranking k_i = rank_i / |D|."""
 
-    def __init__(self, prior_accuracy: float = 0.0, seed: int = 0):
+    def __init__(self, prior_accuracy: float = 0.0):
         self.prior_accuracy = float(prior_accuracy)
-        self._rng = np.random.default_rng(seed)
         self._sum: dict[int, float] = {}
         self._count: dict[int, int] = {}
         self._rank: dict[int, float] = {}
-        self._ranked_acc = np.empty(0)  # accuracies of the last ranking, sorted descending
+        self._ranked_acc = np.empty(0)  # distinct accuracies of the last ranking, descending
+        self._ranked_count = np.empty(0, dtype=np.int64)  # prompts at each of them
         self.epochs_ranked = 0
 
     def observe(self, indices: Iterable, rewards: Iterable) -> None:
@@ -113,53 +119,62 @@ class DifficultyTracker:
         return np.array([self._count.get(i, 0) for i in np.asarray(list(indices)).ravel().tolist()], dtype=np.int64)
 
     def end_epoch(self, indices: Iterable) -> None:
-        """Rank all dataset prompts by accuracy, highest first, random tie-break: k_i = rank_i / |D|."""
+        """Rank all dataset prompts by accuracy, highest first: k_i = rank_i / |D| (ranks 0 .. |D| - 1).
+
+        Prompts of equal accuracy share the average of the ranks they span (the expected rank under a random
+        tie-break, without its spread): equal evidence, equal difficulty, equal budget.
+        """
         idx = np.asarray(list(indices)).ravel()
         if idx.size == 0:
             return
         acc = self.accuracy(idx)
-        tiebreak = self._rng.random(idx.size)
-        order = np.lexsort((tiebreak, -acc))  # primary: accuracy descending; ties: seeded random
-        ranks = np.empty(idx.size, dtype=np.float64)
-        ranks[order] = np.arange(idx.size) / idx.size
-        self._rank = dict(zip(idx.tolist(), ranks.tolist()))
-        self._ranked_acc = acc[order]
+        levels, inverse, counts = np.unique(-acc, return_inverse=True, return_counts=True)  # accuracy descending
+        first = np.cumsum(counts) - counts  # first rank of each accuracy level
+        ranks = (first + (counts - 1) / 2.0)[inverse.ravel()]
+        self._rank = dict(zip(idx.tolist(), (ranks / idx.size).tolist()))
+        self._ranked_acc = -levels  # the accuracy levels of the ranking, descending, with their sizes
+        self._ranked_count = counts
         self.epochs_ranked += 1
 
-    def difficulty(self, indices: Iterable) -> np.ndarray:
+    def difficulty(self, indices: Iterable, unranked: float = 0.0) -> np.ndarray:
         """k_i from the last ranking; a prompt outside it is placed by its accuracy (prior if never seen).
 
-        Before the first ranking every prompt has k = 0 (the allocator then spreads evenly).
+        Before the first ranking every prompt gets ``unranked``: 0 for the allocator (which then spreads evenly),
+        1 for the length bias (no prompt is known to be easy yet; the authors' code counts unranked prompts as the
+        hardest).
         """
         idx = np.asarray(list(indices)).ravel().tolist()
         if not self._rank:
-            return np.zeros(len(idx))
+            return np.full(len(idx), float(unranked))
         out = np.empty(len(idx))
-        n_ranked = self._ranked_acc.size
+        n_ranked = int(self._ranked_count.sum())
         for j, i in enumerate(idx):
             if i in self._rank:
                 out[j] = self._rank[i]
-            else:  # number of ranked prompts strictly easier (higher accuracy) than this one
+            else:  # its average rank were it ranked: prompts strictly easier, plus half of those tied with it
                 a = self.accuracy([i])[0]
-                out[j] = np.count_nonzero(self._ranked_acc > a) / n_ranked
+                easier = self._ranked_count[self._ranked_acc > a].sum()
+                tied = self._ranked_count[self._ranked_acc == a].sum()
+                out[j] = (easier + tied / 2.0) / n_ranked
         return out
 
     def state_dict(self) -> dict:
         """Plain lists only (prompt keys stay ints through JSON as well as pickle/torch.save)."""
         keys = list(self._count)
-        return {"prior_accuracy": self.prior_accuracy, "rng": self._rng.bit_generator.state,
+        return {"prior_accuracy": self.prior_accuracy,
                 "keys": keys, "sum": [self._sum[i] for i in keys], "count": [self._count[i] for i in keys],
                 "rank_keys": list(self._rank), "rank": list(self._rank.values()),
-                "ranked_acc": self._ranked_acc.tolist(), "epochs_ranked": self.epochs_ranked}
+                "ranked_acc": self._ranked_acc.tolist(), "ranked_count": self._ranked_count.tolist(),
+                "epochs_ranked": self.epochs_ranked}
 
     def load_state_dict(self, state: dict) -> None:
         self.prior_accuracy = float(state["prior_accuracy"])
-        self._rng.bit_generator.state = state["rng"]
         keys = [_key(k) for k in state["keys"]]
         self._sum = dict(zip(keys, map(float, state["sum"])))
         self._count = dict(zip(keys, map(int, state["count"])))
         self._rank = dict(zip((_key(k) for k in state["rank_keys"]), map(float, state["rank"])))
         self._ranked_acc = np.asarray(state["ranked_acc"], dtype=np.float64)
+        self._ranked_count = np.asarray(state.get("ranked_count", np.ones(self._ranked_acc.size)), dtype=np.int64)
         self.epochs_ranked = int(state["epochs_ranked"])
 
     def metrics(self) -> dict[str, float]:
@@ -196,40 +211,42 @@ class RolloutSchedule:
         self.n_min, self.n_max = int(state["n_min"]), int(state["n_max"])
 
 
-# A policy maps (tracker, prompt indices, total, n_min, n_max) to per-prompt budgets.
-Policy = Callable[[DifficultyTracker, np.ndarray, int, int, int], np.ndarray]
+class E3Policy(AllocationPolicy):
+    """``e3``: E3 Alg. 1 on the tracker's epoch-end ranking k_i (budget proportional to difficulty, capped)."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        return allocate_rollouts(self.tracker.difficulty(indices), total, n_min, n_max)
 
 
-def _e3_policy(tracker, indices, total, n_min, n_max):
-    return allocate_rollouts(tracker.difficulty(indices), total, n_min, n_max)
+class UniformPolicy(AllocationPolicy):
+    """``uniform``: an even split; the remainder goes to the hardest prompts of the last ranking."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        return uniform_rollouts(len(indices), total, n_min, n_max, self.tracker.difficulty(indices))
 
 
-def _uniform_policy(tracker, indices, total, n_min, n_max):
-    return uniform_rollouts(len(indices), total, n_min, n_max, tracker.difficulty(indices))
-
-
-POLICIES: dict[str, Policy] = {"e3": _e3_policy, "uniform": _uniform_policy}
-
-
-def register_policy(name: str, policy: Policy) -> None:
-    """Make an allocation policy selectable as ``e3.allocation.policy=<name>``."""
-    POLICIES[name] = policy
+register_policy("e3", E3Policy)
+register_policy("uniform", UniformPolicy)
 
 
 class RolloutAllocator:
-    """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns."""
+    """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns.
+
+    ``policy`` is what ``e3.allocation.policy`` says: a registered name or ``module.path:ClassName`` (see
+    ``e3.allocation_policy``); it is resolved here, so a bad value fails when the allocator is built, with an
+    error naming the key. Every answer of the policy is checked (length, integers, sum, bounds).
+    """
 
     def __init__(self, n: int, policy: str = "e3", enable: bool = True, n_update: int = 2, n_low: int = 4,
                  n_high: int = 12, prior_accuracy: float = 0.0, seed: int = 0):
+        self.tracker = DifficultyTracker(prior_accuracy)
+        # resolved even when disabled, so that a typo is reported whatever the switch says
+        self.allocation_policy = build_policy(policy, self.tracker, seed)
         if enable:
-            _load_optional_policies()
-            if policy not in POLICIES:
-                raise ValueError(f"unknown allocation policy {policy!r} (known: {', '.join(POLICIES)})")
             self.schedule = RolloutSchedule(n, n_update, n_low, n_high)
         else:
             self.schedule = RolloutSchedule(n, 0, n, n)
         self.n, self.policy, self.enable = int(n), policy, bool(enable)
-        self.tracker = DifficultyTracker(prior_accuracy, seed)
         self._last = np.empty(0, dtype=np.int64)
 
     @classmethod
@@ -239,27 +256,40 @@ class RolloutAllocator:
     def allocate(self, indices, total: int | None = None) -> np.ndarray:
         idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices).ravel()
         total = len(idx) * self.n if total is None else int(total)
+        lo, hi = self.schedule.n_min, self.schedule.n_max
         if not self.enable:
             out = uniform_rollouts(len(idx), total, self.n, self.n)
         else:
-            out = np.asarray(POLICIES[self.policy](self.tracker, idx, total, self.schedule.n_min,
-                                                   self.schedule.n_max), dtype=np.int64)
+            check_budget(idx.size, total, lo, hi)
+            if idx.size == 0:
+                out = np.empty(0, dtype=np.int64)
+            else:
+                raw = self.allocation_policy.allocate(idx.copy(), total, lo, hi)
+                out = check_allocation(raw, self.policy, idx.size, total, lo, hi)
         self._last = out
         return out
 
     def observe(self, indices, rewards) -> None:
         self.tracker.observe(indices, rewards)
+        idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices).ravel()
+        self.allocation_policy.observe(idx, np.asarray(rewards, dtype=np.float64).ravel())
 
     def end_epoch(self, all_indices) -> None:
         self.tracker.end_epoch(all_indices)
+        self.allocation_policy.end_epoch(np.asarray(list(all_indices)).ravel())
         self.schedule.end_epoch()
 
     def state_dict(self) -> dict:
-        return {"tracker": self.tracker.state_dict(), "schedule": self.schedule.state_dict()}
+        return {"tracker": self.tracker.state_dict(), "schedule": self.schedule.state_dict(),
+                "policy": {"name": self.policy, "state": self.allocation_policy.state_dict()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore tracker and schedule; the policy's own state only if the checkpoint used the same policy."""
         self.tracker.load_state_dict(state["tracker"])
         self.schedule.load_state_dict(state["schedule"])
+        saved = state.get("policy")  # absent in checkpoints written before policies had state
+        if saved is not None and saved.get("name") == self.policy:
+            self.allocation_policy.load_state_dict(saved["state"])
 
     def metrics(self) -> dict:
         n = self._last
@@ -269,12 +299,6 @@ class RolloutAllocator:
             out.update({"rollout/n_alloc_min": int(n.min()), "rollout/n_alloc_max": int(n.max()),
                         "rollout/n_alloc_std": float(n.std())})
         out.update(self.tracker.metrics())
+        if self.enable:
+            out.update({f"allocation/{k}": v for k, v in self.allocation_policy.metrics().items()})
         return out
-
-
-def _load_optional_policies() -> None:
-    """Import modules that register extra policies (kept out of this file to stay short)."""
-    try:
-        import e3.allocation_informative  # noqa: F401  (registers "informative")
-    except ImportError:
-        pass

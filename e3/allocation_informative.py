@@ -43,7 +43,8 @@ import math
 
 import numpy as np
 
-from e3.allocation import check_budget, register_policy
+from e3.allocation import check_budget
+from e3.allocation_policy import AllocationPolicy, check_pass_rates, register_policy
 
 PRIOR_A = 1.0
 """Beta prior pseudo-successes for the pass rate of a prompt (uniform prior: a = b = 1)."""
@@ -54,7 +55,7 @@ PRIOR_B = 1.0
 def expected_informative(n, p) -> np.ndarray:
     """Expected informative rollouts n * (1 - p^n - (1-p)^n) per prompt for known pass rates ``p`` (elementwise)."""
     n = np.asarray(n, dtype=np.float64)
-    p = _check_rates(p)
+    p = check_pass_rates(p)
     return n * (1.0 - p ** n - (1.0 - p) ** n)
 
 
@@ -98,8 +99,8 @@ def allocate_max_separable(values, total: int, n_min: int, n_max: int) -> np.nda
                          f"got shape {values.shape}")
     # Snap values to a power-of-two grid so every partial sum is exact: ties are then exact and broken by rule.
     bound = size * float(np.abs(values).max()) if values.size else 0.0
-    if bound > 0:
-        quantum = 2.0 ** (math.ceil(math.log2(bound)) - 50)
+    quantum = math.ldexp(1.0, math.ceil(math.log2(bound)) - 50) if bound > 0 else 0.0
+    if quantum > 0:  # 0 when the table is so small (subnormal) that the grid underflows: keep the values as they are
         values = np.round(values / quantum) * quantum
     spare = total - size * n_min
     padded = np.full(width - 1 + spare + 1, -np.inf)
@@ -150,23 +151,18 @@ def allocate_informative(successes, counts, total: int, n_min: int, n_max: int,
 
 def allocate_for_pass_rates(p, total: int, n_min: int, n_max: int) -> np.ndarray:
     """Oracle variant: the same exact optimisation with known pass rates (benchmark upper reference)."""
-    p = _check_rates(p).ravel()
+    p = check_pass_rates(p).ravel()
     return allocate_max_separable(pass_rate_table(p, n_min, n_max), total, n_min, n_max)
 
 
-def informative_policy(tracker, indices, total: int, n_min: int, n_max: int) -> np.ndarray:
-    """``e3.allocation`` policy: estimate p_i from the tracker's cumulative rewards and counts."""
-    idx = np.asarray(indices).ravel()
-    counts = tracker.counts(idx).astype(np.float64)
-    successes = np.where(counts > 0, np.clip(tracker.accuracy(idx), 0.0, 1.0) * counts, 0.0)
-    return allocate_informative(successes, counts, total, n_min, n_max)
+class InformativePolicy(AllocationPolicy):
+    """``informative``: p_i from the tracker's cumulative rewards and counts (Beta(1, 1) posterior), exact DP."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        idx = np.asarray(indices).ravel()
+        counts = self.tracker.counts(idx).astype(np.float64)
+        successes = np.where(counts > 0, np.clip(self.tracker.accuracy(idx), 0.0, 1.0) * counts, 0.0)
+        return allocate_informative(successes, counts, total, n_min, n_max)
 
 
-def _check_rates(p) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1):
-        raise ValueError("pass rates must be finite and in [0, 1]")
-    return p
-
-
-register_policy("informative", informative_policy)
+register_policy("informative", InformativePolicy)

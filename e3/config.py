@@ -3,8 +3,12 @@
 Defaults are the papers' values: E3 (arXiv 2505.18573) section 4 — rollout.n = 8, budget schedule n_update 2,
 n_low 4, n_high 12; temperature scheduler on from tau_0 = 1.0 with annealing over the last 40 % of steps to
 eta = 0.9 of the initial entropy. PREPO (arXiv 2511.00794) — window K/|B| = 20 %; both PREPO pieces are off
-by default so the default run is E3. Every field is documented where it is declared; ``E3Config.from_dict``
-validates on load and names the offending key.
+by default so the default run is E3. Every field is documented where it is declared.
+
+The dataclasses are the schema of OmegaConf's structured configs (``OmegaConf.structured(E3Config)``): OmegaConf
+refuses unknown keys and values it cannot convert to a field's type (it converts like Hydra does: ``"4"`` for an
+int field is 4, an int for a float field a float); each section's ``validate`` checks ranges.
+``E3Config.from_dict`` does both on load and names the offending key (``e3.section.key``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-ALLOCATION_POLICIES = ("e3", "uniform", "informative")
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
 @dataclass
@@ -24,7 +29,8 @@ class AllocationConfig:
     enable: bool = True
     """Dynamic rollout (DR). Off: every prompt gets exactly ``rollout.n`` samples."""
     policy: str = "e3"
-    """``e3`` (rank-proportional, Alg. 1), ``informative`` (maximise expected mixed-outcome rollouts) or ``uniform``."""
+    """``e3`` (rank-proportional, Alg. 1), ``informative``, ``knapsack``, ``uniform``, or ``module.path:ClassName``
+    (see ``e3.allocation_policy``); resolved when the allocator is built."""
     n_update: int = 2
     """After each epoch n_min -= n_update and n_max += n_update (within [n_low, n_high])."""
     n_low: int = 4
@@ -34,10 +40,11 @@ class AllocationConfig:
     prior_accuracy: float = 0.0
     """Accuracy assumed for never-seen prompts (E3 counts them as 0, i.e. hardest)."""
     seed: int = 0
-    """Seed of the random tie-breaking in the epoch-end difficulty ranking."""
+    """Seed of the controllers' random draws (allocation policies that draw, the verl engine's offline PREPO
+    sampling). The difficulty ranking draws none: prompts of equal accuracy share their average rank."""
 
     def validate(self) -> None:
-        _check(self.policy in ALLOCATION_POLICIES, "allocation.policy", f"must be one of {ALLOCATION_POLICIES}, got {self.policy!r}")
+        _check(bool(self.policy.strip()), "allocation.policy", f"must be a non-empty string, got {self.policy!r}")
         _check(self.n_update >= 0, "allocation.n_update", f"must be >= 0, got {self.n_update}")
         _check(self.n_low >= 2, "allocation.n_low", f"must be >= 2 (a group of one has no baseline), got {self.n_low}")
         _check(self.n_high >= self.n_low, "allocation.n_high", f"must be >= n_low={self.n_low}, got {self.n_high}")
@@ -162,29 +169,28 @@ class E3Config:
         return self
 
     @classmethod
-    def from_dict(cls, data: Optional[dict[str, Any]], where: str = "e3") -> "E3Config":
-        """Build and validate from a nested dict (e.g. ``OmegaConf.to_container(cfg.e3)``); the input is not modified.
+    def from_dict(cls, data: Optional[Any] = None, where: str = "e3") -> "E3Config":
+        """Build and validate from a nested dict or DictConfig (e.g. ``cfg.e3``); the input is not modified.
 
         Unknown keys, wrong types and bad values raise ``ValueError`` naming ``where.section.key``.
         """
+        if isinstance(data, DictConfig):
+            data = OmegaConf.to_container(data, resolve=True)
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ValueError(f"config key {where} must be a mapping, got {type(data).__name__}")
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(sections))
-        if unknown:
-            raise ValueError(f"unknown config key {where}.{unknown[0]} (known: {', '.join(sections)})")
-        kwargs = {}
-        for name, f in sections.items():
-            sub = data.get(name, {})
-            if sub is None:
-                sub = {}
-            if not isinstance(sub, dict):
+        sections = {f.name for f in dataclasses.fields(cls)}
+        for name, sub in data.items():
+            if name in sections and sub is not None and not isinstance(sub, dict):
                 raise ValueError(f"config key {where}.{name} must be a mapping, got {type(sub).__name__}")
-            kwargs[name] = _build(f.default_factory, sub, f"{where}.{name}")
+        data = {k: v for k, v in data.items() if v is not None}  # a null section: its defaults
         try:
-            return cls(**kwargs).validate()
+            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
+        except OmegaConfBaseException as err:
+            raise ValueError(config_error(err, where)) from None
+        try:
+            return cfg.validate()
         except ValueError as err:
             raise ValueError(f"invalid config: {where}.{err}") from None
 
@@ -192,34 +198,19 @@ class E3Config:
         return dataclasses.asdict(self)
 
 
-def _build(section_cls, values: dict, where: str):
-    fields = {f.name: f for f in dataclasses.fields(section_cls)}
-    out = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"unknown config key {where}.{key} (known: {', '.join(fields)})")
-        out[key] = _coerce(value, fields[key].type, f"{where}.{key}")
-    return section_cls(**out)
+def config_error(err: OmegaConfBaseException, where: str = "") -> str:
+    """One line naming the key of an OmegaConf merge / conversion error (``unknown config key e3.x.y`` ...)."""
+    key = ".".join(p for p in (where, str(getattr(err, "full_key", "") or "")) if p)
+    msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+    if isinstance(err, ConfigKeyError):
+        known = _known_keys(err)
+        return f"unknown config key {key}" + (f" (known: {', '.join(known)})" if known else "")
+    return f"config key {key}: {msg}" if key else f"bad config: {msg}"
 
 
-_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
-
-
-def _coerce(value, annotation: str, where: str):
-    """Check ``value`` against the field's annotation (``int``, ``float``, ``Optional[float]``, ...)."""
-    optional = annotation.startswith("Optional[")
-    base = _TYPES[annotation[len("Optional["):-1] if optional else annotation]
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f"config key {where} must be {base.__name__}, got null")
-    if isinstance(value, bool) != (base is bool):
-        raise ValueError(f"config key {where} must be {'true/false' if base is bool else base.__name__}, got {value!r}")
-    if base is float and isinstance(value, (int, float)):
-        return float(value)
-    if not isinstance(value, base):
-        raise ValueError(f"config key {where} must be {base.__name__}, got {value!r}")
-    return value
+def _known_keys(err: OmegaConfBaseException) -> list[str]:
+    obj = getattr(err, "object_type", None)
+    return [f.name for f in dataclasses.fields(obj)] if obj is not None and dataclasses.is_dataclass(obj) else []
 
 
 def _check(ok: bool, key: str, message: str) -> None:

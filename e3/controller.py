@@ -5,7 +5,7 @@ temperature from E3 Eq. 4-5), samples and scores, asks ``advantages(...)`` for G
 groups (times PREPO relative-entropy weights, with E3's optional length bias), and reports back with
 ``observe(...)``, which updates difficulty and temperature and returns the step's metrics under the names both
 engines log. With the PREPO curriculum on, ``select_window(perplexities)`` picks the paced window first.
-Engines stay algorithm-blind: they only carry these decisions (principle 3 of DESIGN.md).
+Engines stay algorithm-blind: they only carry these decisions (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class E3Controller:
         if a.length_bias:
             if lengths is None:
                 raise ValueError("advantage.length_bias needs response lengths")
-            k = self.allocator.tracker.difficulty(rollout_indices)
+            k = self.allocator.tracker.difficulty(rollout_indices, unranked=1.0)  # unranked: hardest, no bias
             s = length_bias_scores(s, lengths, k, a.length_penalty_coeff, a.length_rank_threshold)
         adv = grpo_advantages(s, rollout_indices, a.eps)
         self._extra = {}

@@ -4,10 +4,12 @@ Each candidate prompt x gets its perplexity under the current policy, P(x) = exp
 (one forward pass over the prompt tokens). Candidates are sorted ascending and the train batch is the contiguous
 window of K prompts starting at
 
-    l(rho) = floor(rho * (|B| - K)),   rho = step / total_steps in [0, 1]   (linear pacing, easy -> hard).
+    l(rho) = floor(rho * (|B| - K)),   rho = step / (total_steps - 1) in [0, 1]   (linear pacing, easy -> hard).
 
-Paper: K / |B| = 20 %. ``PerplexityPacer`` is the online form (a fresh candidate batch each step);
-``OfflinePacer`` scores the whole dataset once with the base model and paces over that sorted order.
+``step`` counts the steps completed before the batch is chosen (0 .. total_steps - 1), so the first step's window
+holds the K easiest prompts and the last step's the K hardest (``pacing_progress``). Paper: K / |B| = 20 %.
+``PerplexityPacer`` is the online form (a fresh candidate batch each step); ``OfflinePacer`` scores the whole
+dataset once with the base model and paces over that sorted order.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ def window_start(size: int, progress: float, k: int) -> int:
         raise ValueError(f"progress must be finite, got {progress}")
     rho = min(1.0, max(0.0, float(progress)))
     return int(math.floor(rho * (size - k)))
+
+
+def pacing_progress(step: int, total_steps: int) -> float:
+    """rho for the batch chosen after ``step`` completed steps of ``total_steps``: 0 at the first, 1 at the last.
+
+    A one-step run has only its last step: rho = 1. Steps past the run stay at 1.
+    """
+    if total_steps <= 1:
+        return 1.0
+    return min(1.0, max(0.0, step / (total_steps - 1)))
 
 
 def perplexity_window(perplexities, progress: float, k: int) -> np.ndarray:
@@ -55,7 +67,7 @@ class PerplexityPacer:
         self._last: dict[str, float] = {}
 
     def progress(self, step: int) -> float:
-        return min(1.0, max(0.0, step / self.total_steps))
+        return pacing_progress(step, self.total_steps)
 
     def select(self, perplexities, step: int) -> np.ndarray:
         ppl = np.asarray(perplexities, dtype=np.float64)
@@ -104,9 +116,10 @@ class OfflinePacer:
         w = min(size, max(batch_size, int(round(self.window_ratio * size))))
         if batch_size > w:
             raise ValueError(f"batch_size={batch_size} > dataset size {size}")
-        start = window_start(size, step / self.total_steps, w)
+        rho = pacing_progress(step, self.total_steps)
+        start = window_start(size, rho, w)
         pick = start + self._rng.choice(w, size=batch_size, replace=False)
-        self._last = {"curriculum/progress": min(1.0, step / self.total_steps), "curriculum/window_start": start,
+        self._last = {"curriculum/progress": rho, "curriculum/window_start": start,
                       "curriculum/ppl_mean": float(np.mean(self.sorted_ppl[pick]))}
         return self.sorted_indices[np.sort(pick)]
 

@@ -9,8 +9,9 @@ The row schema is what verl 0.9.1's ``RLHFDataset`` and our reward read:
     extra_info    {"split": str, "index": int}   index unique within a file: E3 tracks difficulty per index
                   (+ optional "perplexity": finite float > 0, the PREPO offline curriculum's score)
 
-Bad input stops with a ``RowError`` (a ``e3.io.DataError``) naming the file, the 0-based row and the field; writes
-go through a temporary file and ``os.replace``, so a failed write leaves nothing half-written.
+Bad input stops with an ``e3.io.DataError`` naming the file, where (``line N``, 1-based, in a JSON-lines file;
+``row N``, 0-based, in a parquet file or a list of rows) and the field; writes go through ``e3.io.atomic_path``, so
+a failed write leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -21,18 +22,9 @@ from pathlib import Path
 from typing import Iterable
 
 from e3.io import DataError, atomic_write_bytes, iter_jsonl
+from e3.reward_score import last_boxed  # noqa: F401  (gold answers of MATH solutions: data/prepare_train.py)
 
 DEFAULT_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
-
-
-class RowError(DataError):
-    """Bad row: ``path``, 0-based ``row`` and ``field`` (dotted, e.g. ``reward_model.ground_truth``)."""
-
-    def __init__(self, path, row: int | None, field: str | None, message: str):
-        self.path, self.line, self.row, self.field = str(path), None, row, field
-        where = str(path) + (f", row {row}" if row is not None else "")
-        what = f"field '{field}': " if field is not None else ""
-        ValueError.__init__(self, f"{where}: {what}{message}")
 
 
 def make_row(question: str, answer, *, data_source: str, split: str, index: int,
@@ -44,91 +36,111 @@ def make_row(question: str, answer, *, data_source: str, split: str, index: int,
             "reward_model": {"style": "rule", "ground_truth": str(answer).strip()}, "extra_info": info}
 
 
-def _text(value, path, row, field, nonempty=True) -> str:
+def _text(value, path, where, field, nonempty=True) -> str:
     if not isinstance(value, str):
         problem = "missing" if value is None else f"expected a string, got {type(value).__name__}"
-        raise RowError(path, row, field, problem)
+        raise DataError(path, field=field, message=problem, **where)
     if nonempty and not value.strip():
-        raise RowError(path, row, field, "empty")
+        raise DataError(path, field=field, message="empty", **where)
     return value
 
 
-def _mapping(row_obj, key, path, row) -> dict:
+def _mapping(row_obj, key, path, where) -> dict:
     value = row_obj.get(key)
     if not isinstance(value, dict):
         problem = "missing" if value is None else f"expected a mapping, got {type(value).__name__}"
-        raise RowError(path, row, key, problem)
+        raise DataError(path, field=key, message=problem, **where)
     return value
 
 
-def validate_row(obj, path, row: int) -> dict:
-    """Check one row against the schema above; return it unchanged."""
+def _where(row: int | None, line: int | None) -> dict:
+    return {"line": line} if line is not None else {"row": row}
+
+
+def validate_row(obj, path, row: int | None = None, *, line: int | None = None) -> dict:
+    """Check one row against the schema above; return it unchanged. Errors name ``line`` if given, else ``row``."""
+    where = _where(row, line)
     if not isinstance(obj, dict):
-        raise RowError(path, row, None, f"expected a mapping, got {type(obj).__name__}")
-    _text(obj.get("data_source"), path, row, "data_source")
+        raise DataError(path, message=f"expected a mapping, got {type(obj).__name__}", **where)
+    _text(obj.get("data_source"), path, where, "data_source")
     prompt = obj.get("prompt")
     if not isinstance(prompt, (list, tuple)) or not prompt:
-        raise RowError(path, row, "prompt", "missing" if prompt is None else "expected a non-empty list of messages")
+        raise DataError(path, field="prompt", message="missing" if prompt is None else
+                        "expected a non-empty list of messages", **where)
     for j, message in enumerate(prompt):
         if not isinstance(message, dict):
-            raise RowError(path, row, f"prompt[{j}]", "expected a {role, content} message")
-        _text(message.get("role"), path, row, f"prompt[{j}].role")
-        _text(message.get("content"), path, row, f"prompt[{j}].content")
-    _text(obj.get("ability"), path, row, "ability", nonempty=False)
-    reward = _mapping(obj, "reward_model", path, row)
-    _text(reward.get("style"), path, row, "reward_model.style")
-    _text(reward.get("ground_truth"), path, row, "reward_model.ground_truth")
-    extra = _mapping(obj, "extra_info", path, row)
-    _text(extra.get("split"), path, row, "extra_info.split")
+            raise DataError(path, field=f"prompt[{j}]", message="expected a {role, content} message", **where)
+        _text(message.get("role"), path, where, f"prompt[{j}].role")
+        _text(message.get("content"), path, where, f"prompt[{j}].content")
+    _text(obj.get("ability"), path, where, "ability", nonempty=False)
+    reward = _mapping(obj, "reward_model", path, where)
+    _text(reward.get("style"), path, where, "reward_model.style")
+    _text(reward.get("ground_truth"), path, where, "reward_model.ground_truth")
+    extra = _mapping(obj, "extra_info", path, where)
+    _text(extra.get("split"), path, where, "extra_info.split")
     index = extra.get("index")
     if isinstance(index, bool) or not isinstance(index, Number) or int(index) != index:
         problem = "missing" if index is None else f"expected an integer, got {index!r}"
-        raise RowError(path, row, "extra_info.index", problem)
+        raise DataError(path, field="extra_info.index", message=problem, **where)
     ppl = extra.get("perplexity")
     if ppl is not None and (isinstance(ppl, bool) or not isinstance(ppl, Number) or not math.isfinite(ppl) or ppl <= 0):
-        raise RowError(path, row, "extra_info.perplexity", f"expected a finite number > 0, got {ppl!r}")
+        raise DataError(path, field="extra_info.perplexity", message=f"expected a finite number > 0, got {ppl!r}",
+                        **where)
     return obj
 
 
-def validate_rows(rows: Iterable[dict], path, unique_index: bool = True) -> list[dict]:
-    """Validate every row; with ``unique_index`` also that no two rows share ``extra_info.index``."""
+def validate_rows(rows: Iterable[dict], path, unique_index: bool = True, lines: list[int] | None = None) -> list[dict]:
+    """Validate every row; with ``unique_index`` also that no two rows share ``extra_info.index``.
+
+    Errors name ``row i`` (0-based), or ``line lines[i]`` when the rows' line numbers are given (JSON lines)."""
     rows = list(rows)
     if not rows:
-        raise RowError(path, None, None, "no rows")
-    seen: dict[int, int] = {}
+        raise DataError(path, message="no rows")
+    seen: dict[int, dict] = {}
     for i, obj in enumerate(rows):
-        validate_row(obj, path, i)
+        line = None if lines is None else lines[i]
+        validate_row(obj, path, i, line=line)
         index = int(obj["extra_info"]["index"])
         if unique_index and index in seen:
-            raise RowError(path, i, "extra_info.index", f"{index} repeats row {seen[index]} (indices must be unique)")
-        seen.setdefault(index, i)
+            first = " ".join(f"{k} {v}" for k, v in seen[index].items())
+            raise DataError(path, field="extra_info.index", message=f"{index} repeats {first} (indices must be "
+                            "unique)", **_where(i, line))
+        seen.setdefault(index, _where(i, line))
     return rows
 
 
-def read_rows(path) -> list[dict]:
-    """Rows of a ``.parquet``, ``.jsonl`` or ``.json`` (JSON lines) file, as plain dicts and lists (not validated)."""
+def read_located(path) -> tuple[list[dict], list[int] | None]:
+    """``(rows, lines)``: the rows of a ``.parquet``, ``.jsonl`` or ``.json`` (JSON lines) file as plain dicts and
+    lists (not validated), and for JSON lines each row's 1-based line (None for parquet: rows are 0-based)."""
     path = Path(path)
     if not path.is_file():
-        raise RowError(path, None, None, "file not found")
+        raise DataError(path, message="file not found")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            return pq.read_table(path).to_pylist()
+            return pq.read_table(path).to_pylist(), None
         except Exception as e:  # not parquet, truncated, unreadable
-            raise RowError(path, None, None, f"unreadable parquet ({type(e).__name__}: {e})") from None
+            raise DataError(path, message=f"unreadable parquet ({type(e).__name__}: {e})") from None
     if path.suffix in (".jsonl", ".json"):
-        return [obj for _, obj in iter_jsonl(path)]
-    raise RowError(path, None, None, "unsupported file type (expected .parquet, .jsonl or .json)")
+        located = list(iter_jsonl(path))
+        return [obj for _, obj in located], [line for line, _ in located]
+    raise DataError(path, message="unsupported file type (expected .parquet, .jsonl or .json)")
+
+
+def read_rows(path) -> list[dict]:
+    """Rows of a ``.parquet``, ``.jsonl`` or ``.json`` (JSON lines) file (see :func:`read_located`)."""
+    return read_located(path)[0]
 
 
 def validate_file(path, unique_index: bool = True) -> list[dict]:
     """Read and validate a whole data file; returns its rows."""
-    return validate_rows(read_rows(path), path, unique_index)
+    rows, lines = read_located(path)
+    return validate_rows(rows, path, unique_index, lines)
 
 
 def write_rows(rows: Iterable[dict], path) -> Path:
-    """Validate ``rows`` and write them as parquet via a temporary file + ``os.replace``."""
+    """Validate ``rows`` and write them as parquet atomically (``e3.io.atomic_path``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -149,21 +161,3 @@ def with_index(rows: Iterable[dict], split: str, start: int = 0) -> list[dict]:
         extra["index"] = start + k
         out.append({**obj, "extra_info": extra})
     return out
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (braces matched) or ``\\boxed x`` in ``text``."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + len("\\boxed" if text.startswith("\\boxed", start) else "\\fbox")
-    if text[i:i + 1] == " ":  # MATH's "\boxed 2": one token, up to whitespace or the closing $
-        token = text[i + 1:].split("$", 1)[0].split()
-        return token[0].strip() if token else None
-    if text[i:i + 1] != "{":
-        return None
-    depth, j = 1, i + 1
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i + 1:j - 1].strip() if depth == 0 else None

@@ -1,8 +1,10 @@
 """JSON-lines reading and writing that never half-writes and always says where bad input is.
 
+- :class:`DataError` is the one error for bad input, located by file, line or row, and field;
 - ``read_jsonl`` parses every line and raises :class:`DataError` naming file, line and field;
-- ``atomic_write_text`` / ``atomic_write_json`` / ``atomic_write_jsonl`` write a temporary file in the
-  target's directory, fsync it and ``os.replace`` it over the target (readers see the old or the new file);
+- :func:`atomic_path` is the one atomic write: the caller writes a temporary file in the target's directory (any
+  writer: bytes, JSON, ``torch.save``, ``savefig``), which is fsynced and ``os.replace``d over the target (readers
+  see the old or the new file, never a part); ``atomic_write_bytes`` / ``_text`` / ``_json`` / ``_jsonl`` use it;
 - :class:`JsonlAppender` appends one complete line per record with flush + fsync (a SIGKILL loses at most
   the record being written, as an unterminated last line);
 - ``drop_truncated_tail`` removes such an unterminated last line by an atomic rewrite, so a killed job can
@@ -13,17 +15,32 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
 class DataError(ValueError):
-    """Bad input, located: ``path``, 1-based ``line`` (or None) and ``field`` (or None)."""
+    """Bad input, located: ``path``; ``line`` or ``row`` (or neither); ``field`` (or None); what is wrong.
 
-    def __init__(self, path, line: int | None, field: str | None, message: str):
-        self.path, self.line, self.field = str(path), line, field
-        where = self.path + (f", line {line}" if line is not None else "")
+    Where in the file, counted the way a user looks it up:
+
+    - ``line``: the 1-based line of a text file (JSON lines), blank lines included, as an editor or
+      ``sed -n LINEp FILE`` counts;
+    - ``row``: the 0-based position of a record in a table (parquet) or an in-memory list, as
+      ``pyarrow.Table.slice(row, 1)`` or ``pandas.DataFrame.iloc[row]`` index it.
+
+    ``field`` is dotted for nested fields (``reward_model.ground_truth``, ``prompt[0].content``). The message reads
+    ``PATH, line N: field 'F': what`` (or ``row N``; parts without a value left out).
+    """
+
+    def __init__(self, path, line: int | None = None, field: str | None = None, message: str = "", *,
+                 row: int | None = None):
+        if line is not None and row is not None:
+            raise TypeError("DataError: give a line (text files) or a row (tables), not both")
+        self.path, self.line, self.row, self.field = str(path), line, row, field
+        where = self.path + (f", line {line}" if line is not None else f", row {row}" if row is not None else "")
         what = f"field '{field}': " if field is not None else ""
         super().__init__(f"{where}: {what}{message}")
 
@@ -100,16 +117,33 @@ def fsync_dir(directory) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file in the same directory and ``os.replace``."""
+@contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Write ``path`` atomically: ``with atomic_path(p) as tmp: writer(tmp)``.
+
+    ``tmp`` is a new empty file beside ``path`` (same directory, so ``os.replace`` is a rename on one filesystem;
+    same suffix, so writers that choose a format by extension, like ``savefig``, keep working; created with the
+    usual ``0o666 & ~umask`` permissions). When the block ends without an exception, ``tmp`` is fsynced and renamed
+    over ``path`` and the directory is fsynced; on any exception (KeyboardInterrupt included) ``tmp`` is removed
+    and ``path`` is left as it was. A kill at any moment leaves the old or the new file, at worst plus a stray
+    hidden ``.NAME.*.tmpSUFFIX``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -120,12 +154,18 @@ def atomic_write_bytes(path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path, obj: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(path, obj: Any, indent: int | None = 2, default=None) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=default) + "\n")
 
 
 def dumps_line(obj: Any) -> str:

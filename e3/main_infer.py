@@ -4,12 +4,21 @@ The E3 evaluation protocol (Liao et al. 2025; the authors' ``scripts/infer.sh``)
 temperature 1 with up to 6,144 new tokens, on AIME24 / AMC23 / MATH500 / OlympiadBench, repeated for 3 runs
 (seeds); accuracy and pass@k are computed by ``e3.main_eval`` / ``e3.main_metric``.
 
-Backend: vLLM when it is installed and a CUDA device is visible (``--tensor-parallel-size``), else batched
-``transformers`` ``generate`` with left padding (CPU or GPU; GGUF checkpoints via ``--gguf-file``).
-Output: one JSON line per problem ``{"id", "source", "prompt", "answer", "responses", "model", "sampling"}``,
-appended (flush + fsync) as soon as the problem is done. Resumable: ids already in the output are skipped after an
-unterminated last line left by a kill is dropped (atomic rewrite); settings must match the existing lines.
-All input problems are validated before the model is loaded; bad input writes nothing.
+Backend: vLLM 0.24 (the version verl 0.9.1 pins) when it is installed and a CUDA device is visible
+(``--tensor-parallel-size``), else batched ``transformers`` ``generate`` with left padding (CPU or GPU; GGUF
+checkpoints via ``--gguf-file`` or a ``.gguf`` path, always on transformers). Both backends score the same input:
+the prompt is tokenized here, once — the chat template's text with ``add_special_tokens=False`` (the template writes
+its own BOS, as DeepSeek-R1-Distill's does), a plain prompt with ``add_special_tokens=True`` — and vLLM gets the
+token ids (a text prompt would be re-tokenized by vLLM with special tokens added: two BOS). Settings vLLM would
+refuse or change are refused here for both backends: ``--temperature`` must be 0 (greedy) or in [0.01, 2]. Greedy
+decoding with ``--n`` > 1 samples once and repeats the response n times (vLLM refuses n > 1 at temperature 0).
+
+Output: one JSON line per problem ``{"id", "source", "prompt", "answer", "responses", "finish_reasons", "backend",
+"model", "sampling"}`` (``finish_reasons[i]``: ``"stop"`` = end of sequence, ``"length"`` = cut at
+``--max-new-tokens``), appended (flush + fsync) as soon as the problem is done. Resumable: ids already in the output
+are skipped after an unterminated last line left by a kill is dropped (atomic rewrite); model, backend and sampling
+settings must match the existing lines. All input problems are validated before the model is loaded; bad input
+writes nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from e3.benchmarks import BENCHMARKS, BenchmarkUnavailable, load_problems  # noq
 from e3.io import DataError, JsonlAppender, drop_truncated_tail, iter_jsonl, require  # noqa: E402
 
 DEFAULT_BATCH = {"hf": 16, "vllm": 4096}
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0  # vLLM 0.24 SamplingParams: > 2 refused, (0, 0.01) raised to 0.01
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark/file (smoke tests)")
     p.add_argument("--output", required=True, help="output JSON-lines file (appended to; resumable)")
     p.add_argument("--n", type=int, default=16, help="samples per problem (paper: 16)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (paper: 1.0; 0 = greedy)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help=f"sampling temperature: 0 = greedy, else {MIN_TEMPERATURE}-{MAX_TEMPERATURE} (paper: 1.0)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=6144, help="paper: 6144")
     p.add_argument("--seed", type=int, default=0)
@@ -54,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. '{prompt} Put your final answer within \\boxed{}.')")
     p.add_argument("--batch-size", type=int, default=None,
                    help="sequences per generation call (default 16 for transformers, 4096 for vLLM)")
-    p.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto")
+    p.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto",
+                   help="auto: vLLM with a CUDA device and vLLM installed, else transformers (always for GGUF)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallel size")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside the model directory (transformers)")
@@ -67,22 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     for name, ok in (("--n", args.n >= 1), ("--max-new-tokens", args.max_new_tokens >= 1),
-                     ("--temperature", args.temperature >= 0), ("--top-p", 0 < args.top_p <= 1),
+                     ("--top-p", 0 < args.top_p <= 1),
                      ("--tensor-parallel-size", args.tensor_parallel_size >= 1),
                      ("--batch-size", args.batch_size is None or args.batch_size >= 1),
                      ("--limit", args.limit is None or args.limit >= 1),
                      ("--threads", args.threads is None or args.threads >= 1)):
         if not ok:
             raise SystemExit(f"error: invalid {name}")
+    t = args.temperature
+    if not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE):
+        raise SystemExit(f"error: invalid --temperature {t}: use 0 (greedy) or a value in [{MIN_TEMPERATURE}, "
+                         f"{MAX_TEMPERATURE}] (vLLM refuses temperatures above 2 and raises lower ones to 0.01)")
     if "{prompt}" not in args.prompt_template:
         raise SystemExit("error: --prompt-template must contain '{prompt}'")
     if args.temperature == 0 and args.n > 1:
-        print("[e3] warning: temperature 0 is greedy: the n samples will be identical", file=sys.stderr)
+        print(f"[e3] temperature 0 is greedy: one response per problem, repeated {args.n} times", file=sys.stderr)
     model = Path(args.model)
     if model.suffix == ".gguf" and model.is_file():  # a GGUF file given directly
         args.model, args.gguf_file = str(model.parent), model.name
     if not Path(args.model).exists():
         raise SystemExit(f"error: model path not found: {args.model}")
+    if args.gguf_file and args.backend == "vllm":
+        raise SystemExit("error: GGUF checkpoints run on the transformers backend (--backend hf or auto)")
 
 
 def sampling_record(args) -> dict:
@@ -95,7 +113,7 @@ def model_record(args) -> str:
     return str(Path(args.model).resolve()) + (f"::{args.gguf_file}" if args.gguf_file else "")
 
 
-def existing_ids(path, model: str, sampling: dict) -> set:
+def existing_ids(path, model: str, sampling: dict, backend: str) -> set:
     """Ids already completed in ``path`` (after dropping a kill-truncated tail); settings must match."""
     path = Path(path)
     done = set()
@@ -104,7 +122,7 @@ def existing_ids(path, model: str, sampling: dict) -> set:
     for line, row in iter_jsonl(path, allow_truncated_tail=True):  # validate everything before touching it
         pid = require(row, "id", str, path, line)
         require(row, "responses", list, path, line, nonempty=True)
-        for key, want in (("model", model), ("sampling", sampling)):
+        for key, want in (("model", model), ("backend", backend), ("sampling", sampling)):
             if row.get(key) != want:
                 raise DataError(path, line, key, f"was produced with {row.get(key)!r}, this run uses {want!r}; "
                                                  "resume with the same settings or choose another --output")
@@ -122,9 +140,29 @@ def chunk_seed(seed: int, pid: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:4], "little")
 
 
-# -- backends --------------------------------------------------------------------------------------------------
+# -- backends ----------------------------------------------------------------------------------------------------
+def prompt_ids(tokenizer, problem: dict, args) -> list[int]:
+    """The token ids both backends generate from: the chat template's text (``--chat-template``) without added
+    special tokens (the template writes its own, BOS included), or the plain prompt with them (as the tokenizer
+    would for any text)."""
+    user = args.prompt_template.replace("{prompt}", problem["prompt"])
+    if not args.chat_template:
+        return list(tokenizer(user, add_special_tokens=True)["input_ids"])
+    messages = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + \
+               [{"role": "user", "content": user}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def draws(args) -> int:
+    """Sequences generated per problem: greedy decoding gives one response, repeated ``n`` times."""
+    return 1 if args.temperature == 0 else args.n
+
+
 class HFBackend:
     """Batched ``transformers`` sampling with left padding."""
+
+    name = "hf"
 
     def __init__(self, args, tokenizer):
         import torch
@@ -154,33 +192,41 @@ class HFBackend:
         self.eos = sorted(eos)
         self.args, self.tokens = args, 0
 
-    def generate(self, texts: list[str], seed: int) -> list[str]:
+    def generate(self, ids: list[list[int]], seed: int) -> tuple[list[str], list[str]]:
+        """Texts and finish reasons (``stop`` / ``length``) of one left-padded batch of prompt ids."""
         torch, a = self.torch, self.args
         torch.manual_seed(seed)
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
         sample = a.temperature > 0
         kw = {"do_sample": True, "temperature": a.temperature, "top_p": a.top_p, "top_k": 0} if sample else \
              {"do_sample": False}
         with torch.no_grad():
-            out = self.model.generate(**enc, max_new_tokens=a.max_new_tokens, eos_token_id=self.eos,
+            out = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                      max_new_tokens=a.max_new_tokens, eos_token_id=self.eos,
                                       pad_token_id=self.tokenizer.pad_token_id, **kw)
         gen = out[:, enc["input_ids"].shape[1]:]
+        ended = torch.isin(gen, torch.tensor(self.eos, device=gen.device))
         self.tokens += int((~torch.isin(gen, torch.tensor(self.eos + [self.tokenizer.pad_token_id],
                                                             device=gen.device))).sum())
-        return self.tokenizer.batch_decode(gen, skip_special_tokens=True)
+        reasons = ["stop" if bool(row.any()) else "length" for row in ended]
+        return self.tokenizer.batch_decode(gen, skip_special_tokens=True), reasons
 
-    def sample(self, texts: list[str], pids: list[str]) -> list[list[str]]:
-        """n responses for each prompt text, in sub-batches of ``batch_size`` sequences."""
-        n, bs = self.args.n, self.args.batch_size
-        flat = [t for t in texts for _ in range(n)]
-        outs = []
+    def sample(self, ids: list[list[int]], pids: list[str]) -> list[tuple[list[str], list[str]]]:
+        """``(responses, finish_reasons)`` for each prompt, in sub-batches of ``batch_size`` sequences."""
+        k, n, bs = draws(self.args), self.args.n, self.args.batch_size
+        flat = [x for x in ids for _ in range(k)]
+        texts, reasons = [], []
         for i in range(0, len(flat), bs):
-            outs += self.generate(flat[i:i + bs], chunk_seed(self.args.seed, f"{pids[0]}#{i}"))
-        return [outs[j * n:(j + 1) * n] for j in range(len(texts))]
+            t, r = self.generate(flat[i:i + bs], chunk_seed(self.args.seed, f"{pids[0]}#{i}"))
+            texts, reasons = texts + t, reasons + r
+        return [(texts[j * k:(j + 1) * k] * (n // k), reasons[j * k:(j + 1) * k] * (n // k))
+                for j in range(len(ids))]
 
 
 class VLLMBackend:
-    """vLLM offline engine (GPU); one request per problem with ``n`` samples."""
+    """vLLM 0.24 offline engine (GPU); one request per problem, its prompt given as token ids."""
+
+    name = "vllm"
 
     def __init__(self, args, tokenizer):
         from vllm import LLM, SamplingParams
@@ -194,18 +240,26 @@ class VLLMBackend:
         self.tokenizer = tokenizer
         self.SamplingParams, self.args, self.tokens = SamplingParams, args, 0
 
-    def sample(self, texts: list[str], pids: list[str]) -> list[list[str]]:
+    def sample(self, ids: list[list[int]], pids: list[str]) -> list[tuple[list[str], list[str]]]:
         a = self.args
-        params = [self.SamplingParams(n=a.n, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_new_tokens,
+        k = draws(a)  # vLLM refuses n > 1 at temperature 0; with a seed, sample i of n uses seed + i
+        params = [self.SamplingParams(n=k, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_new_tokens,
                                       seed=chunk_seed(a.seed, pid)) for pid in pids]
-        outs = self.llm.generate(texts, params, use_tqdm=False)
+        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        for x, out in zip(ids, outs):
+            if list(out.prompt_token_ids) != list(x):
+                raise RuntimeError(f"vLLM changed the prompt ids of request {out.request_id}: sent {len(x)} ids, "
+                                   f"it ran {len(out.prompt_token_ids)}")
         self.tokens += sum(len(o.token_ids) for out in outs for o in out.outputs)
-        return [[o.text for o in out.outputs] for out in outs]
+        return [([o.text for o in out.outputs] * (a.n // k), [o.finish_reason for o in out.outputs] * (a.n // k))
+                for out in outs]
 
 
-def choose_backend(name: str) -> str:
+def choose_backend(name: str, gguf: bool = False) -> str:
     if name != "auto":
         return name
+    if gguf:
+        return "hf"
     try:
         import torch
         cuda = torch.cuda.is_available()
@@ -214,22 +268,13 @@ def choose_backend(name: str) -> str:
     return "vllm" if cuda and importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def format_prompt(tokenizer, problem: dict, args) -> str:
-    user = args.prompt_template.replace("{prompt}", problem["prompt"])
-    if not args.chat_template:
-        return user
-    messages = ([{"role": "system", "content": args.system_prompt}] if args.system_prompt else []) + \
-               [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def run(args) -> dict:
     check_args(args)
     try:
         problems = load_problems(args.benchmark, args.data, args.sources, args.limit)
     except (DataError, BenchmarkUnavailable, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    backend_name = choose_backend(args.backend)
+    backend_name = choose_backend(args.backend, bool(args.gguf_file))
     args.batch_size = args.batch_size or DEFAULT_BATCH[backend_name]
     tokenizer = load_tokenizer(args)
     has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -239,7 +284,7 @@ def run(args) -> dict:
         args.chat_template = has_template
     model, sampling = model_record(args), sampling_record(args)
     try:
-        done = existing_ids(args.output, model, sampling)
+        done = existing_ids(args.output, model, sampling, backend_name)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     todo = [p for p in problems if p["id"] not in done]
@@ -255,16 +300,17 @@ def run(args) -> dict:
     t_load, t0 = time.perf_counter() - t0, time.perf_counter()
     from tqdm import tqdm
 
-    per_call = max(1, args.batch_size // args.n)
+    per_call = max(1, args.batch_size // draws(args))
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), unit="problem", disable=args.quiet,
                file=sys.stderr)
     with JsonlAppender(args.output) as out:
         for i in range(0, len(todo), per_call):
             chunk = todo[i:i + per_call]
-            texts = [format_prompt(backend.tokenizer, p, args) for p in chunk]
-            for p, responses in zip(chunk, backend.sample(texts, [p["id"] for p in chunk])):
+            ids = [prompt_ids(backend.tokenizer, p, args) for p in chunk]
+            for p, (responses, reasons) in zip(chunk, backend.sample(ids, [p["id"] for p in chunk])):
                 out.append({"id": p["id"], "source": p["source"], "prompt": p["prompt"], "answer": p["answer"],
-                            "responses": responses, "model": model, "sampling": sampling})
+                            "responses": responses, "finish_reasons": reasons, "backend": backend.name,
+                            "model": model, "sampling": sampling})
                 bar.update(1)
     bar.close()
     t_gen = time.perf_counter() - t0

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script path: make the repository root 
 
 import numpy as np  # noqa: E402
 
-from e3.io import DataError, atomic_write_json, iter_jsonl, require  # noqa: E402
+from e3.io import DataError, atomic_path, atomic_write_json, iter_jsonl, require  # noqa: E402
 from e3.metrics import pass_at_k  # noqa: E402
 
 
@@ -140,11 +140,9 @@ def plot(result: dict, ks, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp{Path(path).suffix}")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main(argv=None) -> int:

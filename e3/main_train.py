@@ -6,9 +6,10 @@ overlay (trainer ``e3``, the temperature-aware agent loop, the math reward, the 
 hydra's (``e3.temperature.enable=false data.train_files=...``); ``--cfg job`` prints the composed config.
 
 The steps mirror verl's ``main_ppo.main`` (device, ``validate_config``, ``run_ppo``) with our task runner, which
-registers the ``e3`` trainer inside its Ray actor. verl cannot run on a machine without GPUs (its resource pool
-requires them and it has no CPU rollout backend); there this entry stops with a message pointing at the local
-engine, ``bash scripts/train.sh``.
+registers the ``e3`` trainer inside its Ray actor. A config with ``trainer.device=cpu`` (``verl_cpu_tiny``) runs
+verl on the CPU through the ``e3.engines.verl.cpu`` plugin, activated here before verl starts; its ``cpu_tiny``
+section is filled with the locally built model and data, and a summary is printed at the end. A CUDA config on a
+machine without a GPU stops with a message pointing at the local engine and at ``verl_cpu_tiny``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import hydra
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "config")
 NO_GPU_MESSAGE = ("verl needs NVIDIA GPUs (trainer.device=cuda) and none is visible here. On a machine without a GPU "
-                  "run the local engine instead: bash scripts/train.sh")
+                  "run the local engine (bash scripts/train.sh) or verl on the CPU (bash scripts/train.sh "
+                  "--config verl_cpu_tiny)")
 
 
 def preflight(config) -> None:
@@ -44,12 +46,53 @@ def preflight(config) -> None:
 def run(config) -> None:
     """Preflight, then verl's ``run_ppo`` with ``E3TaskRunner`` as a 1-CPU Ray actor."""
     import ray
+    from omegaconf import OmegaConf
 
     from e3.engines.verl.runner import E3TaskRunner
     from verl.trainer.main_ppo import run_ppo
 
+    run_dir = prepare_cpu(config)
     preflight(config)
-    run_ppo(config, task_runner_class=ray.remote(num_cpus=1)(E3TaskRunner))
+    runner = ray.remote(num_cpus=1)(E3TaskRunner)
+    env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
+    if env_vars is not None and ray.is_initialized():  # Ray started elsewhere (a notebook, a test): its env is not
+        runner = runner.options(runtime_env={"env_vars": OmegaConf.to_container(env_vars)})  # the config's
+    run_ppo(config, task_runner_class=runner)
+    if run_dir is not None:
+        from e3.engines.verl.cpu.tiny import summary
+
+        print(summary(run_dir), flush=True)
+
+
+def prepare_cpu(config) -> str | None:
+    """For ``trainer.device=cpu``: build the ``cpu_tiny`` assets if the config has that section (returns its run
+    folder), resolve the config, and activate the CPU plugin in this process with the env vars it gives Ray."""
+    from omegaconf import OmegaConf
+
+    if config.trainer.device != "cpu":
+        return None
+    run_dir = None
+    if config.get("cpu_tiny") is not None:
+        from e3.engines.verl.cpu.tiny import prepare_run
+
+        run_dir = prepare_run(config)
+    OmegaConf.resolve(config)
+    from e3.engines.verl.cpu import activate
+    from e3.engines.verl.cpu.sampler import check_config
+
+    check_config(config)
+
+    env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
+    activate(OmegaConf.to_container(env_vars) if env_vars is not None else None)
+    return run_dir
+
+
+def compose(config_name: str = "e3_trainer", overrides=()):
+    """The config ``python -m e3.main_train --config-name NAME k=v ...`` runs (hydra's compose API)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="e3_trainer", version_base=None)

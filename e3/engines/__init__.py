@@ -1,4 +1,4 @@
-"""Engines that carry the E3 / PREPO controllers' decisions (DESIGN.md sections 3 and 4).
+"""Engines that carry the E3 / PREPO controllers' decisions (docs/architecture.md, sections 3 and 4).
 
 - ``e3.engines.local``: one process, torch + transformers, CPU or one CUDA device (laptops, tests, benchmarks).
 - ``e3.engines.verl``: the verl 0.9.1 adapter for GPU clusters (trainer subclass registered as ``e3``, a rollout

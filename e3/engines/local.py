@@ -1,14 +1,15 @@
 """The local engine: a complete GRPO run in one process (CPU or one CUDA device), driven by the E3 / PREPO controllers.
 
-Per step (DESIGN.md section 4):
-  1. prompts: the next slice of a seeded per-epoch permutation; with PREPO's curriculum, a candidate batch scored by
-     its perplexity under the current policy, of which ``E3Controller.select_window`` keeps the paced window;
-  2. budgets n_i and the temperature tau from ``E3Controller.plan`` (sum n_i = batch_size * n every step);
-  3. sampling at tau with a KV cache (``sampling.sample``), scoring with the task's verifier;
-  4. GRPO advantages over the unequal groups (x PREPO relative-entropy weights) from ``E3Controller.advantages``;
-  5. clipped policy-gradient update with AdamW, token-mean, logits / tau (``policy_loss.clipped_pg_loss``);
-  6. token-mean entropy of the sampled responses (always computed) and the rewards go back through
-     ``E3Controller.observe``, which returns the step's metrics; ``end_epoch`` after each pass over the data.
+A step (``LocalEngine.train_step``) has three parts:
+  rollout  prompts (the next slice of a seeded per-epoch permutation; with PREPO's curriculum, a candidate batch
+           scored by its perplexity under the current policy, of which ``E3Controller.select_window`` keeps the
+           paced window) -> budgets n_i and temperature tau from ``E3Controller.plan`` (sum n_i = batch_size * n)
+           -> sampling at tau with a KV cache (``sampling.sample``) -> scores from the task's verifier;
+  update   token entropies and old log-probs of the responses, GRPO advantages over the unequal groups (x PREPO
+           relative-entropy weights) from ``E3Controller.advantages``, clipped policy-gradient steps with AdamW,
+           token-mean, logits / tau (``policy_loss.clipped_pg_loss``);
+  observe  the token-mean entropy and the rewards go back through ``E3Controller.observe`` (``end_epoch`` after
+           each pass over the data), which returns the step's metrics; the engine adds its own.
 The engine takes no algorithm decision of its own. Validation on held-out problems runs at step 0 (after the
 warm start), every ``trainer.val_every`` steps and at the last step: ``val/accuracy`` is the mean over
 ``val.n_samples`` samples at ``val.temperature`` (sampled pass@1), ``val/accuracy_greedy`` the greedy accuracy, each
@@ -35,11 +36,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from e3.controller import E3Controller
+from e3.controller import E3Controller, StepPlan
 from e3.curriculum import OfflinePacer
 from e3.engines import checkpoint as ckpt
-from e3.engines.local_config import ConfigError, diff_keys, from_any, load_config, validate
+from e3.engines.local_config import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
 from e3.engines.local_eval import evaluate, summary
+from e3.engines.local_tracking import Tracker, check_backends
 from e3.engines.run_dir import prepare_run_dir, read_metrics, truncate_metrics
 from e3.engines.policy_loss import clipped_pg_loss
 from e3.engines.sampling import prompt_perplexity, response_logprobs, sample
@@ -49,7 +51,8 @@ from e3.engines import chain_task
 from e3.engines.tiny_task import CharTokenizer, DataError, build_pools, load_rows, sample_rows, score, write_jsonl
 
 Hook = Callable[[str, dict], None]
-RESUME_MAY_CHANGE = {"plots", "device", "threads", "run_root"}
+RESUME_MAY_CHANGE = {"plots", "device", "threads", "run_root", "trainer.logger", "trainer.project_name",
+                     "trainer.experiment_name"}
 
 
 @dataclass
@@ -100,8 +103,6 @@ def load_task(cfg: DictConfig, tok: CharTokenizer) -> tuple[list, list, list]:
     """(demo rows, train rows, val rows): generated from the level pools, or read (and checked) from files."""
     t = cfg.task
     if t.kind == "chain":
-        if cfg.data.train_file or cfg.data.val_file:
-            raise ConfigError("data.train_file / data.val_file are for task.kind=arithmetic; the chain task is generated")
         demo, train, val = chain_task.load_task(t)
         _check_fit(t, [("generated demo pool", demo, t.max_new_tokens - 1), ("generated train set", train, None),
                        ("generated val set", val, None)])
@@ -124,11 +125,40 @@ def load_task(cfg: DictConfig, tok: CharTokenizer) -> tuple[list, list, list]:
 
 
 def _check_fit(t, named_rows) -> None:
+    """Every prompt fits ``task.prompt_width`` and every answer (where ``max_ans`` is given) the response."""
     for name, rows, max_ans in named_rows:
         for r in rows:
             if len(r["prompt"]) > t.prompt_width or (max_ans is not None and len(r["answer"]) > max_ans):
                 raise ConfigError(f"{name}: problem {r['prompt']}{r['answer']} does not fit task.prompt_width="
                                   f"{t.prompt_width} / task.max_new_tokens={t.max_new_tokens}")
+
+
+@dataclass
+class Rollouts:
+    """One step's samples: the plan they follow, the prompt of each rollout, tokens, mask, scores."""
+
+    plan: StepPlan
+    rows: np.ndarray  # prompt (training-set row) of each rollout, n_i copies each
+    prompts: torch.Tensor  # [R, prompt_width]
+    tokens: torch.Tensor  # [R, max_new_tokens]
+    mask: torch.Tensor  # [R, max_new_tokens], 1 up to and including eos
+    scores: np.ndarray
+    epoch_ended: bool
+    timings: dict
+
+
+@dataclass
+class Update:
+    """What the update computed: advantages, response lengths, token-mean entropy, loss and gradient norm."""
+
+    advantages: np.ndarray
+    lengths: torch.Tensor
+    entropy: float
+    loss: float
+    grad_norm: float
+    stats: dict
+    seconds: float
+    controller_seconds: float
 
 
 class LocalEngine:
@@ -160,6 +190,7 @@ class LocalEngine:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.warm_start_info: dict = {}
+        self.tracker: Optional[Tracker] = None  # run() attaches the configured trackers
 
     # -- setup -------------------------------------------------------------------------------------------------
     def emit(self, event: str, info: dict) -> None:
@@ -235,9 +266,18 @@ class LocalEngine:
         self.emit("checkpoint_written", {"step": self.step, "path": path})
         return path
 
-    # -- one step ----------------------------------------------------------------------------------------------
-    def next_prompts(self) -> tuple[np.ndarray, bool, float]:
-        t0 = time.perf_counter()
+    # -- one step: rollout -> update -> observe ---------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One GRPO step: sample and score under the controllers' plan, update the policy, report back."""
+        tick, cpu_tick = time.perf_counter(), time.process_time()
+        batch = self.rollout()
+        update = self.update(batch)
+        metrics = self.observe(batch, update)
+        metrics.update({"time/step": time.perf_counter() - tick, "time/step_cpu": time.process_time() - cpu_tick})
+        return metrics
+
+    def next_prompts(self) -> tuple[np.ndarray, bool]:
+        """The step's prompts (through the PREPO window when on) and whether they end a pass over the data."""
         if self.pacer is not None:
             idx = self.pacer.batch(self.step, self.cfg.rollout.batch_size)
             _, ended = self.stream.take()  # keeps epoch accounting: one step consumes one batch
@@ -247,96 +287,106 @@ class LocalEngine:
                 self.model.eval()
                 ppl = prompt_perplexity(self.model, self.prompts[idx].to(self.device), self.tok.pad_id)
                 idx = idx[self.ctrl.select_window(ppl)]
-        return idx, ended, time.perf_counter() - t0
+        return idx, ended
 
-    def train_step(self) -> dict:
-        cfg, t = self.cfg, self.cfg.trainer
-        tick, cpu_tick = time.perf_counter(), time.process_time()
-        idx, epoch_ended, t_select = self.next_prompts()
-        total = cfg.rollout.batch_size * cfg.rollout.n
+    def rollout(self) -> Rollouts:
+        """Prompts -> budgets n_i and temperature from the controller -> samples at tau -> scores."""
+        cfg, timings = self.cfg, {}
         t0 = time.perf_counter()
-        plan = self.ctrl.plan(idx, total=total)
-        tau = float(plan.temperature)
-        roll_idx = plan.rollout_indices()
-        t_plan = time.perf_counter() - t0
+        idx, epoch_ended = self.next_prompts()
+        timings["time/select"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        plan = self.ctrl.plan(idx, total=cfg.rollout.batch_size * cfg.rollout.n)
+        rows = plan.rollout_indices()
+        timings["time/controller"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         self.model.eval()
-        prompts = self.prompts[roll_idx].to(self.device)
-        tokens, mask = sample(self.model, prompts, cfg.task.max_new_tokens, tau, self.tok.eos_id, self.tok.pad_id,
-                              generator=self.gen)
-        t_gen = time.perf_counter() - t0
+        prompts = self.prompts[rows].to(self.device)
+        tokens, mask = sample(self.model, prompts, cfg.task.max_new_tokens, float(plan.temperature), self.tok.eos_id,
+                              self.tok.pad_id, generator=self.gen)
+        timings["time/generate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         responses = [self.tok.decode(r) for r in tokens.cpu().numpy()]
-        scores = np.array([self.score(r, self.train_rows[i]["answer"]) for r, i in zip(responses, roll_idx)])
-        t_score = time.perf_counter() - t0
-        self.emit("after_rollout", {"step": self.step + 1, "n": plan.n_per_prompt, "temperature": tau})
+        scores = np.array([self.score(r, self.train_rows[i]["answer"]) for r, i in zip(responses, rows)])
+        timings["time/score"] = time.perf_counter() - t0
+        self.emit("after_rollout", {"step": self.step + 1, "n": plan.n_per_prompt, "temperature": plan.temperature})
+        return Rollouts(plan, rows, prompts, tokens, mask, scores, epoch_ended, timings)
 
+    def update(self, r: Rollouts) -> Update:
+        """GRPO advantages over the unequal groups (x PREPO weights), then the clipped policy-gradient steps.
+
+        One forward pass over all rollouts gives the token entropies (the controllers' feedback) and the old
+        log-probs; on-policy (ppo_epochs = mini_batches = 1) it is also the pass the single update differentiates,
+        otherwise each mini-batch of each epoch is recomputed under the current parameters.
+        """
+        t, tau = self.cfg.trainer, float(r.plan.temperature)
         t0 = time.perf_counter()
         self.model.train()
-        multi = t.ppo_epochs > 1 or t.mini_batches > 1
-        if multi:
-            with torch.no_grad():
-                old_logp, ent = response_logprobs(self.model, prompts, tokens, tau)
-        logp, ent_live = response_logprobs(self.model, prompts, tokens, tau)
-        if not multi:
-            old_logp, ent = logp.detach(), ent_live
-        lengths = mask.sum(1)
-        entropy = float((ent * mask).sum() / mask.sum())
-        per_rollout_ent = ((ent * mask).sum(1) / lengths.clamp(min=1)).cpu().numpy()
-        t_fwd = time.perf_counter() - t0
+        on_policy = t.ppo_epochs == 1 and t.mini_batches == 1
+        with torch.set_grad_enabled(on_policy):
+            logp, ent = response_logprobs(self.model, r.prompts, r.tokens, tau)
+        old_logp = logp.detach()
+        lengths = r.mask.sum(1)
+        entropy = float((ent * r.mask).sum() / r.mask.sum())
+        per_rollout_entropy = ((ent * r.mask).sum(1) / lengths.clamp(min=1)).cpu().numpy()
+        t_forward = time.perf_counter() - t0
+
         t0 = time.perf_counter()
-        adv = self.ctrl.advantages(scores, roll_idx, entropies=per_rollout_ent, lengths=lengths.cpu().numpy())
-        t_plan += time.perf_counter() - t0
+        adv = self.ctrl.advantages(r.scores, r.rows, entropies=per_rollout_entropy, lengths=lengths.cpu().numpy())
+        t_controller = time.perf_counter() - t0
         adv_t = torch.as_tensor(adv, dtype=torch.float32, device=self.device)
 
         t0 = time.perf_counter()
         stats, losses, norms = {}, [], []
-        size = len(roll_idx) // t.mini_batches
-        order_rng = np.random.default_rng([cfg.seed, self.step, 17])
-        for epoch in range(t.ppo_epochs):
-            order = np.arange(len(roll_idx)) if not multi else order_rng.permutation(len(roll_idx))
+        size = len(r.rows) // t.mini_batches
+        order_rng = np.random.default_rng([self.cfg.seed, self.step, 17])
+        for _ in range(t.ppo_epochs):
+            order = np.arange(len(r.rows)) if on_policy else order_rng.permutation(len(r.rows))
             for mb in range(t.mini_batches):
                 sel = torch.as_tensor(order[mb * size:(mb + 1) * size], device=self.device)
-                if multi or epoch + mb > 0:
-                    lp, _ = response_logprobs(self.model, prompts[sel], tokens[sel], tau)
-                else:
-                    lp = logp
-                loss, stats = clipped_pg_loss(lp, old_logp[sel], adv_t[sel], mask[sel], t.clip_ratio)
+                lp = logp if on_policy else response_logprobs(self.model, r.prompts[sel], r.tokens[sel], tau)[0]
+                loss, stats = clipped_pg_loss(lp, old_logp[sel], adv_t[sel], r.mask[sel], t.clip_ratio)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)))
                 self.opt.step()
                 losses.append(float(loss.detach()))
-        t_update = time.perf_counter() - t0 + t_fwd
+        return Update(adv, lengths, entropy, float(np.mean(losses)), float(np.mean(norms)), stats,
+                      time.perf_counter() - t0 + t_forward, t_controller)
 
+    def observe(self, r: Rollouts, u: Update) -> dict:
+        """Rewards and entropy back to the controllers (epoch end included); the step's metrics."""
         t0 = time.perf_counter()
-        metrics = self.ctrl.observe(roll_idx, scores, entropy)
-        if epoch_ended:
+        metrics = self.ctrl.observe(r.rows, r.scores, u.entropy)
+        if r.epoch_ended:
             self.ctrl.end_epoch()
-        t_plan += time.perf_counter() - t0
+        t_controller = r.timings["time/controller"] + u.controller_seconds + time.perf_counter() - t0
         self.step += 1
         assert metrics["step"] == self.step, (metrics["step"], self.step)
-        lv = self.levels[roll_idx]
-        metrics.update({f"reward/level_{int(v)}": float(scores[lv == v].mean()) for v in np.unique(lv)})
-        metrics.update(stats)
+        lv = self.levels[r.rows]
+        metrics.update({f"reward/level_{int(v)}": float(r.scores[lv == v].mean()) for v in np.unique(lv)})
+        metrics.update(u.stats)
         if self.pacer is not None:
             metrics.update(self.pacer.metrics())
         metrics.update({
-            "epoch": self.stream.epoch, "actor/loss": float(np.mean(losses)), "actor/grad_norm": float(np.mean(norms)),
-            "actor/lr": float(t.lr), "response/length_mean": float(lengths.mean()),
-            "rollout/tokens": int(lengths.sum()), "advantage/abs_mean": float(np.abs(adv).mean()),
-            "rollout/cumulative_rollouts": self.step * total,
-            "time/select": t_select, "time/controller": t_plan, "time/generate": t_gen, "time/score": t_score,
-            "time/update": t_update, "time/step": time.perf_counter() - tick,
-            "time/step_cpu": time.process_time() - cpu_tick,
+            "epoch": self.stream.epoch, "actor/loss": u.loss, "actor/grad_norm": u.grad_norm,
+            "actor/lr": float(self.cfg.trainer.lr), "response/length_mean": float(u.lengths.mean()),
+            "rollout/tokens": int(u.lengths.sum()), "advantage/abs_mean": float(np.abs(u.advantages).mean()),
+            "rollout/cumulative_rollouts": self.step * self.cfg.rollout.batch_size * self.cfg.rollout.n,
+            "time/select": r.timings["time/select"], "time/controller": t_controller,
+            "time/generate": r.timings["time/generate"], "time/score": r.timings["time/score"],
+            "time/update": u.seconds,
         })
         return metrics
 
     # -- the run -----------------------------------------------------------------------------------------------
     def log(self, metrics: dict) -> None:
+        """metrics.jsonl (always), then the trackers of ``trainer.logger``."""
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(metrics, int(metrics["step"]))
 
     def validate(self) -> dict:
         t0 = time.perf_counter()
@@ -384,7 +434,8 @@ class LocalEngine:
 
 def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overrides: Iterable[str] = (),
         hooks: Iterable[Hook] = (), quiet: bool = False) -> RunResult:
-    """Train with the local engine. ``config``: YAML path, dict (over the defaults) or DictConfig.
+    """Train with the local engine. ``config``: a shipped config's name, a YAML path, a dict (over the defaults) or
+    a DictConfig.
 
     Fresh run: the run directory must not exist or be empty. ``resume=True``: continue the run directory from its
     newest complete checkpoint with its saved config (a differing config is refused, naming the keys).
@@ -398,7 +449,7 @@ def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overri
     else:
         cfg = from_any(config)
         if overrides:
-            cfg = from_any(OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides)))
+            cfg = from_any(apply_overrides(cfg, overrides))
     run_dir, latest = prepare_run_dir(cfg, run_dir, resume)
     if resume:
         saved = load_config(os.path.join(run_dir, "config.yaml"))
@@ -411,8 +462,18 @@ def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overri
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
         cfg = saved
     engine = LocalEngine(cfg, run_dir, hooks, quiet)  # loads and checks data before anything is written
+    check_backends(cfg.trainer.logger)
     os.makedirs(run_dir, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    engine.tracker = Tracker(cfg.trainer.logger, run_dir, cfg.trainer.project_name, cfg.trainer.experiment_name,
+                             OmegaConf.to_container(cfg, resolve=True))
+    try:
+        return _run(engine, cfg, run_dir, latest, resume, say)
+    finally:
+        engine.tracker.close()
+
+
+def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[str], resume: bool, say) -> RunResult:
     if latest is None:
         if resume:
             say(f"[e3] {run_dir} has no complete checkpoint yet: starting it again from step 0")
@@ -475,13 +536,18 @@ def _export(engine: LocalEngine, run_dir: str) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m e3.engines.local", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=None, help="YAML config (default: configs/local/default.yaml)")
+    p.add_argument("--config", default=None,
+                   help="a shipped config's name (default, grpo, e3, ...: e3/config/local/) or a YAML file's path")
     p.add_argument("--run-dir", default=None, help="run directory (default: <run_root>/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue --run-dir from its newest complete checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. trainer.total_steps=50")
     args = p.parse_args(argv)
     try:
+        if args.print_config:
+            print(OmegaConf.to_yaml(load_config(args.config, args.overrides)), end="")
+            return 0
         run(args.config, args.run_dir, args.resume, args.overrides, quiet=args.quiet)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,94 +1,393 @@
-"""Configuration of the local engine: hydra-style YAML overlays + dotted overrides, checked before any work.
+"""Configuration of the local engine: a typed schema, configs composed by Hydra, overrides, checked before any work.
 
-``load_config(path, overrides)`` reads ``path`` (default ``configs/local/default.yaml``), first merging the files
-its ``defaults:`` list names (hydra's ``[default, _self_]`` form, resolved next to the file), then the dotted
-overrides ``trainer.total_steps=50 e3.temperature.enable=false``. The schema is ``default.yaml`` plus
-``E3Config``'s fields: a key outside it raises ``ConfigError`` naming it; ``validate`` checks types and ranges
-and builds the typed ``E3Config`` (which names its own bad keys).
+``LocalConfig`` below is the schema, every field documented where it is declared, defaults = the embedded default
+run; its ``e3`` section is ``e3.config.E3Config``. The configs shipped in the package (``e3/config/local/``, found
+next to this package after a non-editable install too) are composed by Hydra's compose API: ``default.yaml`` is
+``defaults: [local_schema, _self_]`` (the schema registered in Hydra's ConfigStore), and each ablation overlay starts
+with ``defaults: [default, _self_]``. A config given by path is composed from its own directory, with the shipped
+configs on Hydra's search path, so a user's overlay can name ``default`` too.
+
+``load_config(name_or_path, overrides)``: compose the config's defaults list (Hydra), merge it over the schema
+(a file without a defaults list is thereby an overlay of the defaults), apply the dotted overrides
+``trainer.total_steps=50 e3.temperature.enable=false`` (OmegaConf's dot-list, values parsed as YAML), then
+``validate``. An unknown key, a value of the wrong type or out of range raises ``ConfigError`` naming the key.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException
 
-from e3.config import E3Config
+from e3.config import E3Config, _check, config_error
 from e3.engines.chain_task import ChainLevel
 from e3.engines.tiny_task import Level
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "local")
-DEFAULT_CONFIG = os.path.join(CONFIG_DIR, "default.yaml")
+PACKAGE_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "config" / "local")
+CONFIG_DIR = PACKAGE_CONFIG_DIR  # the shipped configs (also reachable as configs/local in a clone)
+DEFAULT_CONFIG = os.path.join(PACKAGE_CONFIG_DIR, "default.yaml")
+SCHEMA_NAME = "local_schema"
+LOGGERS = ("console", "tensorboard", "wandb", "mlflow")
 
 
 class ConfigError(ValueError):
     """A config file, key or value the local engine cannot run with."""
 
 
-def _read_yaml(path: str, chain: tuple = ()) -> DictConfig:
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    if path in chain:
-        raise ConfigError(f"config defaults loop: {' -> '.join(chain + (path,))}")
+# ------------------------------------------------------------------------------------------------ the schema
+@dataclass
+class ChainConfig:
+    """The chain task's generator and demonstrator (``task.kind=chain``, ``e3/engines/chain_task.py``)."""
+
+    problems_per_level: int = 6000
+    """A level with more problems is sampled (seeded by ``task.seed``)."""
+    step_error_rate: float = 0.0
+    """Noisy demonstrator: chance that a scratchpad step's running value slips by -10/-1/+1/+10."""
+    demo_variants: int = 1
+    """Independently drawn demonstrations per demo problem."""
+    demo_levels: Optional[list[str]] = None
+    """Levels (specs from ``task.levels``) that have demonstrations; null = all. The others are RL/val only."""
+
+
+@dataclass
+class TaskConfig:
+    """The embedded task: graded arithmetic (``e3/engines/tiny_task.py``) or chained arithmetic on a scratchpad
+    (``task.kind=chain``, ``e3/engines/chain_task.py``; the shipped config ``chain``)."""
+
+    kind: str = "arithmetic"
+    """arithmetic | chain."""
+    levels: list[str] = field(default_factory=lambda: ["2d+-1d", "2d+-2d", "2d*1d"])
+    """Levels, easy -> hard; each composes digit facts, so held-out problems are learnable."""
+    seed: int = 0
+    """Seed of the demo/RL/val split and of drawing the train/val sets (fixed across run seeds)."""
+    val_fraction: float = 0.2
+    """Share of every level's problems held out for validation."""
+    demo_fraction: float = 0.3
+    """Share seen by the warm start (demonstrations); the rest is the RL pool."""
+    train_size: int = 2048
+    """RL prompts drawn from the RL pool (equal share per level, at most the pool)."""
+    val_size: int = 900
+    """Validation problems (equal share per level, at most the pool)."""
+    prompt_width: int = 7
+    """Prompts are left-padded to this many tokens (>= longest prompt + 1)."""
+    max_new_tokens: int = 4
+    """Answer characters + eos (the longest default answer, -89 or 891, has 3)."""
+    report_samples: int = 0
+    """> 0: before RL, sample this many responses per RL prompt and print how hard the prompts are for the warm
+    start (never / always solved, pass rate per level; logged as ``task/*`` at step 0)."""
+    chain: ChainConfig = field(default_factory=ChainConfig)
+
+    def validate(self) -> None:
+        for key in ("train_size", "val_size", "prompt_width", "max_new_tokens"):
+            _positive_int(self, "task", key)
+        _check(self.seed >= 0, "task.seed", f"must be >= 0, got {self.seed}")
+        _check(self.report_samples >= 0, "task.report_samples", f"must be >= 0, got {self.report_samples}")
+        _check(self.kind in ("arithmetic", "chain"), "task.kind", f"must be arithmetic or chain, got {self.kind!r}")
+        for key in ("val_fraction", "demo_fraction"):
+            v = getattr(self, key)
+            _check(0 <= v < 1, f"task.{key}", f"must be a number in [0, 1), got {v}")
+        _check(self.val_fraction + self.demo_fraction < 1, "task.demo_fraction",
+               f"plus task.val_fraction must be < 1 (the RL pool would be empty), got {self.demo_fraction}")
+        _check(len(self.levels) > 0, "task.levels", "must list at least one level")
+        for spec in self.levels:
+            try:
+                (ChainLevel if self.kind == "chain" else Level).parse(str(spec))
+            except ValueError as err:
+                raise ValueError(f"task.levels {str(err).removeprefix('task.levels: ')}") from None
+        if self.kind == "chain":
+            c = self.chain
+            for key in ("problems_per_level", "demo_variants"):
+                _positive_int(c, "task.chain", key)
+            _check(0 <= c.step_error_rate < 1, "task.chain.step_error_rate",
+                   f"must be a number in [0, 1), got {c.step_error_rate}")
+            _check(c.demo_levels is None or (len(c.demo_levels) > 0 and set(c.demo_levels) <= set(self.levels)),
+                   "task.chain.demo_levels", f"must be null or a non-empty list of specs from task.levels, "
+                   f"got {c.demo_levels}")
+
+
+@dataclass
+class DataConfig:
+    """Optional files replacing the generated sets (JSONL/parquet: prompt, answer[, level])."""
+
+    train_file: Optional[str] = None
+    """RL prompts from this file instead of the generated train set."""
+    val_file: Optional[str] = None
+    """Validation problems from this file instead of the generated val set."""
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
+class ModelConfig:
+    """Llama built from this config; 1.05M parameters at the defaults."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+
+    def validate(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _positive_int(self, "model", key)
+        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
+               f"must be divisible by model.num_heads={self.num_heads}, got {self.hidden_size}")
+
+
+@dataclass
+class WarmStartConfig:
+    """Supervised warm start on the demo pool, cached by a hash of its inputs."""
+
+    steps: int = 400
+    """Optimizer steps (0: no warm start)."""
+    batch_size: int = 256
+    lr: float = 2.0e-3
+    """Peak learning rate of AdamW, cosine down to ``min_lr`` after ``warmup_steps`` of linear warm-up."""
+    min_lr: float = 2.0e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    demo_error_rate: float = 0.25
+    """Noisy demonstrator: this share of drawn demonstrations slips by -10/-1/+1/+10."""
+    prompt_loss: float = 0.0
+    """Weight of the prompt tokens' loss (answer tokens: 1); > 0 gives the policy a model of its prompts, which
+    PREPO's perplexity reads, but even 0.1 slows the warm start ~1.5x."""
+    cache_dir: Optional[str] = None
+    """Where warm starts are cached (null: ~/.cache/e3/warm_start)."""
+
+    def validate(self) -> None:
+        _positive_int(self, "warm_start", "batch_size")
+        for key in ("steps", "warmup_steps"):
+            _check(getattr(self, key) >= 0, f"warm_start.{key}", f"must be >= 0, got {getattr(self, key)}")
+        _check(self.lr > 0, "warm_start.lr", f"must be > 0, got {self.lr}")
+        for key in ("min_lr", "weight_decay", "prompt_loss"):
+            _check(getattr(self, key) >= 0, f"warm_start.{key}", f"must be >= 0, got {getattr(self, key)}")
+        _check(0 <= self.demo_error_rate < 1, "warm_start.demo_error_rate",
+               f"must be a number in [0, 1), got {self.demo_error_rate}")
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = 32
+    """Prompts per step (the PREPO window K when the curriculum is on)."""
+    n: int = 8
+    """Mean rollouts per prompt: sum of n_i = batch_size * n every step."""
+
+    def validate(self) -> None:
+        _positive_int(self, "rollout", "batch_size")
+        _check(self.n >= 2, "rollout.n", f"must be >= 2 (a group of one has no GRPO baseline), got {self.n}")
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 300
+    lr: float = 3.0e-5
+    """AdamW learning rate of the GRPO steps (on this task 3e-5 learns, 2e-4 collapses, 1e-4 was noise)."""
+    weight_decay: float = 0.0
+    clip_ratio: float = 0.2
+    """PPO ratio clip."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts (1 = on-policy single update)."""
+    mini_batches: int = 1
+    """Optimizer steps per pass."""
+    grad_clip: float = 1.0
+    save_every: int = 50
+    """Checkpoint period (steps); the last step is always saved."""
+    keep_checkpoints: int = 2
+    val_every: int = 100
+    """Validation period (steps); step 0 and the last step always validate."""
+    logger: list[str] = field(default_factory=list)
+    """Experiment trackers, as verl's ``trainer.logger``: any of console (a line of scalars per step), tensorboard
+    (``<run dir>/tensorboard``), wandb, mlflow (``e3/engines/local_tracking.py``). ``metrics.jsonl`` in the run
+    directory is always written, and the progress bar shows without any."""
+    project_name: str = "e3_local"
+    """Project (wandb project, mlflow experiment) of the trackers."""
+    experiment_name: Optional[str] = None
+    """Run name in the trackers (null: the run directory's name)."""
+
+    def validate(self) -> None:
+        for key in ("total_steps", "ppo_epochs", "mini_batches", "save_every", "keep_checkpoints", "val_every"):
+            _positive_int(self, "trainer", key)
+        for key in ("lr", "clip_ratio", "grad_clip"):
+            _check(getattr(self, key) > 0, f"trainer.{key}", f"must be > 0, got {getattr(self, key)}")
+        _check(self.weight_decay >= 0, "trainer.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in self.logger:
+            _check(name in LOGGERS, "trainer.logger", f"entries must be among {', '.join(LOGGERS)}, got {name!r}")
+
+
+@dataclass
+class ValConfig:
+    n_samples: int = 4
+    """Samples per validation problem at ``val.temperature`` (mean@n and its standard error)."""
+    temperature: float = 1.0
+    greedy: bool = True
+    """Also report greedy accuracy."""
+    pass_k: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    """Unbiased pass@k (Chen et al. 2021) for each k <= ``n_samples``, with its standard error over problems:
+    ``val/pass@K``."""
+
+    def validate(self) -> None:
+        _positive_int(self, "val", "n_samples")
+        _check(all(k >= 1 for k in self.pass_k), "val.pass_k", f"must be integers >= 1, got {self.pass_k}")
+        _check(self.temperature > 0, "val.temperature", f"must be > 0, got {self.temperature}")
+
+
+@dataclass
+class LocalConfig:
+    """The local engine's config: `bash scripts/train.sh` with no arguments runs these defaults (~6 min on 2 cores,
+    warm start included; ~3 min once the warm start is cached)."""
+
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    threads: int = 1
+    """Torch CPU threads (a resumed run is bitwise identical at the same count); 1 is robust when other processes
+    share the cores, where 2 threads can be several times slower."""
+    run_root: str = "outputs/local"
+    """Where a run directory is created when --run-dir is not given."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    plots: bool = True
+    """Write figures with e3.plots.make_figures at the end."""
+    e3: E3Config = field(default_factory=E3Config)
+    """E3 / PREPO controllers (e3/config.py); defaults = E3 paper, PREPO off."""
+
+    def validate(self) -> E3Config:
+        """Ranges of every key and the checks across sections; returns the validated ``E3Config``."""
+        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _check(self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}")
+        _positive_int(self, "", "threads")
+        for section in (self.task, self.data, self.model, self.warm_start, self.rollout, self.trainer, self.val):
+            section.validate()
+        _check(self.task.kind == "arithmetic" or self.warm_start.demo_error_rate == 0, "warm_start.demo_error_rate",
+               f"must be 0 with task.kind=chain (its demonstrator slips per step: task.chain.step_error_rate), "
+               f"got {self.warm_start.demo_error_rate}")
+        _check(self.task.kind == "arithmetic" or not (self.data.train_file or self.data.val_file), "data.train_file",
+               "and data.val_file are for task.kind=arithmetic; the chain task is generated")
+        batch, n, mb = self.rollout.batch_size, self.rollout.n, self.trainer.mini_batches
+        _check(batch * n % mb == 0, "trainer.mini_batches", f"must divide rollout.batch_size * rollout.n, got {mb}")
+        try:
+            e3 = self.e3.validate()
+        except ValueError as err:
+            raise ValueError(f"invalid config: e3.{err}") from None
+        a = e3.allocation
+        _check(not a.enable or a.n_low <= n <= a.n_high, "rollout.n",
+               f"must lie in [e3.allocation.n_low, e3.allocation.n_high] = [{a.n_low}, {a.n_high}], got {n}")
+        return e3
+
+
+def _positive_int(section, prefix: str, key: str) -> None:
+    v = getattr(section, key)
+    _check(v >= 1, f"{prefix}.{key}" if prefix else key, f"must be >= 1, got {v}")
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=LocalConfig)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped in the package (``--config NAME``)."""
+    return sorted(p.stem for p in Path(PACKAGE_CONFIG_DIR).glob("*.yaml"))
+
+
+def resolve(config: Optional[str]) -> tuple[str, str]:
+    """(config directory, config name) for a shipped config's name or a YAML file's path (None: ``default``)."""
+    if config is None:
+        return PACKAGE_CONFIG_DIR, "default"
+    config = str(config)
+    if config.endswith((".yaml", ".yml")) or os.sep in config or os.path.isfile(config):
+        path = os.path.abspath(os.path.expanduser(config))
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {config}")
+        return os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+    if os.path.isfile(os.path.join(PACKAGE_CONFIG_DIR, f"{config}.yaml")):
+        return PACKAGE_CONFIG_DIR, config
+    raise ConfigError(f"unknown config {config!r}: not a YAML file, nor a shipped config "
+                      f"({', '.join(shipped_configs())})")
+
+
+def compose(config: Optional[str] = None) -> DictConfig:
+    """The config's defaults list composed by Hydra (shipped configs on the search path), as a plain DictConfig."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    directory, name = resolve(config)
+    where = os.path.join(directory, f"{name}.yaml")
+    overrides = []
+    if os.path.realpath(directory) != os.path.realpath(PACKAGE_CONFIG_DIR):
+        quoted = PACKAGE_CONFIG_DIR.replace("\\", "\\\\").replace("'", "\\'")  # Hydra's quoted-string grammar
+        overrides.append(f"hydra.searchpath=['file://{quoted}']")
+    _register_schema()
     try:
-        raw = OmegaConf.load(path)
-    except Exception as err:
-        raise ConfigError(f"{path}: cannot parse YAML ({err})") from None
-    defaults = raw.pop("defaults", None) if isinstance(raw, DictConfig) else None
-    if defaults is None:
-        return raw
-    merged = OmegaConf.create({})
-    self_done = False
-    for item in defaults:
-        if item == "_self_":
-            merged, self_done = _merge(merged, raw, path), True
-            continue
-        name = str(item)
-        parent = os.path.join(os.path.dirname(path), name if name.endswith(".yaml") else f"{name}.yaml")
-        merged = _merge(merged, _read_yaml(parent, chain + (path,)), parent)
-    return merged if self_done else _merge(merged, raw, path)
+        with initialize_config_dir(config_dir=directory, version_base="1.3", job_name="e3_local"):
+            cfg = hydra_compose(config_name=name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"{where}: {_hydra_error(err)}") from None
+    except Exception as err:  # a YAML syntax error surfaces as the parser's own exception
+        raise ConfigError(f"{where}: cannot read the config ({type(err).__name__}: {err})") from None
+    return cfg
+
+
+def _hydra_error(err: Exception) -> str:
+    """The OmegaConf error behind a Hydra composition error (it names the key), else Hydra's first line."""
+    cause = err
+    while not isinstance(cause, OmegaConfBaseException) and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, OmegaConfBaseException):
+        return config_error(cause)
+    return str(err).splitlines()[0]
+
+
+def schema() -> DictConfig:
+    """The full schema with its defaults, in struct mode (unknown keys are errors)."""
+    return OmegaConf.structured(LocalConfig)
 
 
 def _merge(base: DictConfig, other, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
-    except ConfigKeyError as err:
-        raise ConfigError(f"unknown config key {err.full_key} (in {where})") from None
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad config value at {getattr(err, 'full_key', '?')} (in {where}): {err.msg}") from None
+        raise ConfigError(f"{config_error(err)} (in {where})") from None
 
 
-def schema() -> DictConfig:
-    """default.yaml with the full E3Config under ``e3``, in struct mode (unknown keys are errors)."""
-    base = OmegaConf.create({"e3": E3Config().to_dict()})
-    cfg = OmegaConf.merge(base, _read_yaml(DEFAULT_CONFIG))
-    OmegaConf.set_struct(cfg, True)
-    return cfg
-
-
-def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> DictConfig:
-    """Schema <- config file (with its defaults chain) <- dotted overrides; then ``validate``."""
-    cfg = schema()
-    path = path or DEFAULT_CONFIG
-    if os.path.abspath(path) != DEFAULT_CONFIG:
-        cfg = _merge(cfg, _read_yaml(path), path)
-    overrides = list(overrides)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.total_steps=50)")
-    if overrides:
-        cfg = _merge(cfg, OmegaConf.from_dotlist(overrides), "command-line overrides")
+def load_config(config: Optional[str] = None, overrides: Iterable[str] = ()) -> DictConfig:
+    """Schema <- the config's composed defaults list <- dotted overrides; then ``validate``."""
+    cfg = _merge(schema(), compose(config), resolve(config)[1] if config else "default")
+    cfg = apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
 
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    overrides = list(overrides)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.total_steps=50)")
+    if not overrides:
+        return cfg
+    try:
+        dotlist = OmegaConf.from_dotlist(overrides)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad override: {config_error(err)}") from None
+    return _merge(cfg, dotlist, "command-line overrides")
+
+
 def from_any(config) -> DictConfig:
-    """A DictConfig from a DictConfig, a dict (merged over the schema) or a YAML path; validated."""
-    if isinstance(config, str):
-        return load_config(config)
+    """A validated DictConfig from a DictConfig or a dict (merged over the schema), or a config name / YAML path."""
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(str(config))
     cfg = schema()
     if config is not None:
         cfg = _merge(cfg, OmegaConf.create(config) if isinstance(config, dict) else config, "config")
@@ -96,88 +395,18 @@ def from_any(config) -> DictConfig:
     return cfg
 
 
-_INT_POS = ["task.train_size", "task.val_size", "task.prompt_width", "task.max_new_tokens", "model.hidden_size",
-            "model.num_layers", "model.num_heads", "model.intermediate_size", "warm_start.batch_size",
-            "rollout.batch_size", "rollout.n", "trainer.total_steps", "trainer.ppo_epochs", "trainer.mini_batches",
-            "trainer.save_every", "trainer.keep_checkpoints", "trainer.val_every", "val.n_samples", "threads"]
-_INT_NONNEG = ["seed", "task.seed", "task.report_samples", "warm_start.steps", "warm_start.warmup_steps"]
-_FLOAT_POS = ["warm_start.lr", "trainer.lr", "trainer.clip_ratio", "trainer.grad_clip", "val.temperature"]
-_FLOAT_NONNEG = ["warm_start.min_lr", "warm_start.weight_decay", "warm_start.prompt_loss", "trainer.weight_decay"]
-
-
 def validate(cfg: DictConfig) -> E3Config:
-    """Types and ranges of every engine key; returns the typed E3Config."""
-    def get(key):
-        return OmegaConf.select(cfg, key)
-
-    def fail(key, msg):
-        raise ConfigError(f"config key {key} {msg}, got {get(key)!r}")
-
-    for key in _INT_POS + _INT_NONNEG:
-        v = get(key)
-        if not isinstance(v, int) or isinstance(v, bool):
-            fail(key, "must be an integer")
-        if v < (1 if key in _INT_POS else 0):
-            fail(key, "must be >= 1" if key in _INT_POS else "must be >= 0")
-    for key in _FLOAT_POS + _FLOAT_NONNEG:
-        v = get(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-            fail(key, "must be a number")
-        if v < 0 or (key in _FLOAT_POS and v == 0):
-            fail(key, "must be > 0" if key in _FLOAT_POS else "must be >= 0")
-    for key in ("task.val_fraction", "task.demo_fraction", "warm_start.demo_error_rate"):
-        v = get(key)
-        if not isinstance(v, (int, float)) or not 0 <= v < 1:
-            fail(key, "must be a number in [0, 1)")
-    if get("task.val_fraction") + get("task.demo_fraction") >= 1:
-        fail("task.demo_fraction", "plus task.val_fraction must be < 1 (the RL pool would be empty)")
-    if get("device") not in ("auto", "cpu", "cuda"):
-        fail("device", "must be auto, cpu or cuda")
-    levels = get("task.levels")
-    if not levels:
-        fail("task.levels", "must list at least one level")
-    ks = get("val.pass_k")
-    if ks is None or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
-        fail("val.pass_k", "must be a list of integers >= 1")
-    if get("task.kind") not in ("arithmetic", "chain"):
-        fail("task.kind", "must be arithmetic or chain")
-    for spec in levels:
-        try:
-            (ChainLevel if get("task.kind") == "chain" else Level).parse(str(spec))
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    if get("task.kind") == "chain":
-        if get("warm_start.demo_error_rate") != 0:
-            fail("warm_start.demo_error_rate", "must be 0 with task.kind=chain (its demonstrator slips per step: "
-                 "task.chain.step_error_rate)")
-        for key in ("task.chain.problems_per_level", "task.chain.demo_variants"):
-            if not isinstance(get(key), int) or isinstance(get(key), bool) or get(key) < 1:
-                fail(key, "must be an integer >= 1")
-        if not isinstance(get("task.chain.step_error_rate"), (int, float)) or not 0 <= get("task.chain.step_error_rate") < 1:
-            fail("task.chain.step_error_rate", "must be a number in [0, 1)")
-        demo = get("task.chain.demo_levels")
-        if demo is not None and (not len(demo) or any(str(d) not in [str(v) for v in levels] for d in demo)):
-            fail("task.chain.demo_levels", "must be null or a non-empty list of specs from task.levels")
-    if get("model.hidden_size") % get("model.num_heads"):
-        fail("model.hidden_size", "must be divisible by model.num_heads")
-    for key in ("data.train_file", "data.val_file", "warm_start.cache_dir"):
-        if get(key) is not None and not isinstance(get(key), str):
-            fail(key, "must be a path or null")
-    for key in ("val.greedy", "plots"):
-        if not isinstance(get(key), bool):
-            fail(key, "must be true or false")
-    if get("rollout.batch_size") * get("rollout.n") % get("trainer.mini_batches"):
-        fail("trainer.mini_batches", "must divide rollout.batch_size * rollout.n")
+    """Types (by the schema) and ranges of every key; returns the typed E3Config."""
     try:
-        e3 = E3Config.from_dict(OmegaConf.to_container(cfg.e3, resolve=True))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    a, n = e3.allocation, get("rollout.n")
-    if a.enable and not a.n_low <= n <= a.n_high:
-        fail("rollout.n", f"must lie in [e3.allocation.n_low, e3.allocation.n_high] = [{a.n_low}, {a.n_high}]")
-    if n < 2:
-        fail("rollout.n", "must be >= 2 (a group of one has no GRPO baseline)")
-    return e3
+        if OmegaConf.get_type(cfg) is not LocalConfig:
+            cfg = _merge(schema(), cfg, "config")
+        obj: LocalConfig = OmegaConf.to_object(cfg)
+        return obj.validate()
+    except OmegaConfBaseException as err:
+        raise ConfigError(config_error(err)) from None
+    except ValueError as err:  # "invalid config: e3.<key> ..." from E3Config, "<key> must ..." from the rest
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith("invalid config") else f"config key {msg}") from None
 
 
 def diff_keys(a: DictConfig, b: DictConfig, prefix: str = "") -> list[str]:

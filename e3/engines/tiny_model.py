@@ -1,7 +1,7 @@
 """A tiny causal LM built from a config (no hub download) and its cached supervised warm start.
 
 The model is a ``transformers`` Llama (RMSNorm, rotary positions, SwiGLU, tied embeddings); at the default
-hidden 128 x 4 layers x 4 heads over the 16-symbol vocabulary it has 1.05M parameters (DESIGN.md section 4).
+hidden 128 x 4 layers x 4 heads over the 16-symbol vocabulary it has 1.05M parameters.
 
 Warm start: next-token cross-entropy on demonstrations ``<left-padded prompt><answer><eos>`` drawn from the
 task's ``demo`` pool (an equal share of every level in each batch), AdamW with linear warm-up and cosine decay.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from e3.engines.tiny_task import CharTokenizer
+from e3.io import atomic_path
 
 CACHE_VERSION = 1
 
@@ -139,7 +140,6 @@ def warm_start(model, tok: CharTokenizer, demo_rows: list[dict], ws: dict, width
     stats = {"seconds": round(time.time() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
              "loss": round(float(loss_ema), 4), "steps": steps}
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "stats": stats}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "stats": stats}, tmp)
     return {**stats, "key": key, "path": path, "cached": False}

@@ -10,7 +10,7 @@ Every problem of a level is enumerated and assigned, by a stable hash of its tex
 ``demo`` (demonstrations: the only problems the supervised warm start sees), ``rl`` (prompts with a verifiable
 answer but no demonstration: the RL training set) and ``val`` (held out from both). This is the RLVR setting in
 miniature: demonstrations are scarce, verifiable prompts are plentiful, so the gain from RL on the ``rl`` pool is
-headroom that more supervised training on the ``demo`` pool does not fill (DESIGN.md section 4).
+headroom that more supervised training on the ``demo`` pool does not fill.
 
 Why not reasoning-gym: its arithmetic prompts are English instructions (``"Calculate 12 + 34. Give only the
 result."``) of 40-120 characters over ~60 distinct characters. A 1M-parameter character model on two CPU cores
@@ -21,15 +21,14 @@ verifier) take ~150 lines.
 
 Data files (``data.train_file`` / ``data.val_file``) may replace the generated sets: JSONL or parquet rows with
 ``prompt`` and an answer under ``answer``, ``ground_truth`` or ``reward_model.ground_truth`` (verl's column), and an
-optional integer ``level``. Every row is checked before training; the first bad one raises ``DataError`` naming
-file, row and field.
+optional integer ``level``. Every row is checked before training; the first bad one raises ``e3.io.DataError`` naming
+file, line (JSONL, 1-based) or row (parquet, 0-based) and field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -37,12 +36,10 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from e3.io import DataError, atomic_write_jsonl, iter_jsonl  # noqa: F401  (DataError re-exported for the engine)
+
 PAD, EOS = "<pad>", "<eos>"
 SYMBOLS = "0123456789+-*="
-
-
-class DataError(ValueError):
-    """A dataset file or row that cannot be trained on; the message names file, row and field."""
 
 
 class CharTokenizer:
@@ -160,65 +157,52 @@ def _answer_of(row: dict) -> Optional[object]:
 
 
 def load_rows(path: str, tokenizer: CharTokenizer, prompt_width: int, max_answer_len: int) -> list[dict]:
-    """Read and check a JSONL or parquet task file; raise ``DataError`` naming file, row and field."""
+    """Read and check a JSONL or parquet task file; raise ``DataError`` naming file, line (JSONL) or row (parquet)
+    and field."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: dataset file not found")
-    try:
-        if path.endswith(".parquet"):
-            import pandas as pd
+        raise DataError(path, message="dataset file not found")
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
 
-            raw = pd.read_parquet(path).to_dict(orient="records")
-        else:
-            raw = []
-            with open(path, "rb") as fh:
-                for r, raw_line in enumerate(fh):
-                    try:
-                        line = raw_line.decode("utf-8")
-                    except UnicodeDecodeError as err:
-                        raise DataError(f"{path}: row {r}: not UTF-8 text ({err.reason} at byte {err.start}); "
-                                        "save the file as UTF-8") from None
-                    if line.strip():
-                        try:
-                            raw.append(json.loads(line))
-                        except json.JSONDecodeError as err:
-                            raise DataError(f"{path}: row {r}: not valid JSON ({err.msg})") from None
-    except DataError:
-        raise
-    except Exception as err:  # unreadable parquet, bad encoding, ...
-        raise DataError(f"{path}: cannot read dataset file ({type(err).__name__}: {err})") from None
+            raw = list(enumerate(pq.read_table(path).to_pylist()))
+        except Exception as err:  # unreadable or truncated parquet
+            raise DataError(path, message=f"cannot read dataset file ({type(err).__name__}: {err})") from None
+        where = "row"
+    else:
+        raw, where = list(iter_jsonl(path)), "line"  # DataError names the line of a bad byte or bad JSON
     if not raw:
-        raise DataError(f"{path}: dataset file has no rows")
+        raise DataError(path, message="dataset file has no rows")
     rows = []
-    for r, row in enumerate(raw):
+    for r, row in raw:
+        def bad(field, message):
+            return DataError(path, field=field, message=message, **{where: r})
+
         if not isinstance(row, dict):
-            raise DataError(f"{path}: row {r}: expected an object with fields prompt and answer")
+            raise bad(None, "expected an object with fields prompt and answer")
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt:
-            raise DataError(f"{path}: row {r}: field 'prompt' missing or not a non-empty string")
-        bad = sorted(set(prompt) - set(SYMBOLS))
-        if bad:
-            raise DataError(f"{path}: row {r}: field 'prompt' has characters outside the vocabulary {SYMBOLS!r}: {bad}")
+            raise bad("prompt", "missing or not a non-empty string")
+        chars = sorted(set(prompt) - set(SYMBOLS))
+        if chars:
+            raise bad("prompt", f"has characters outside the vocabulary {SYMBOLS!r}: {chars}")
         if len(prompt) > prompt_width:
-            raise DataError(f"{path}: row {r}: field 'prompt' is {len(prompt)} characters, task.prompt_width is {prompt_width}")
+            raise bad("prompt", f"is {len(prompt)} characters, task.prompt_width is {prompt_width}")
         answer = _answer_of(row)
         if answer is None or str(answer).strip() == "":
-            raise DataError(f"{path}: row {r}: no ground truth (field 'answer', 'ground_truth' or 'reward_model.ground_truth')")
+            raise bad("answer", "no ground truth (field 'answer', 'ground_truth' or 'reward_model.ground_truth')")
         answer = str(answer).strip()
         if not re.fullmatch(r"-?\d+", answer) or len(answer) > max_answer_len:
-            raise DataError(f"{path}: row {r}: field 'answer' {answer!r} is not an integer of at most {max_answer_len} characters")
+            raise bad("answer", f"{answer!r} is not an integer of at most {max_answer_len} characters")
         level = row.get("level", 0)
         if isinstance(level, float) and level.is_integer():
             level = int(level)
         if not isinstance(level, (int, np.integer)) or isinstance(level, bool) or level < 0:
-            raise DataError(f"{path}: row {r}: field 'level' must be a non-negative integer, got {level!r}")
+            raise bad("level", f"must be a non-negative integer, got {level!r}")
         rows.append({"prompt": prompt, "answer": answer, "level": int(level)})
     return rows
 
 
 def write_jsonl(rows: list[dict], path: str) -> None:
-    """Write rows atomically (temp file, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    """Write rows atomically (``e3.io.atomic_path``)."""
+    atomic_write_jsonl(path, rows)

@@ -14,6 +14,8 @@ from e3.config import E3Config
 from e3.main_train import CONFIG_DIR
 
 PAPER = ["e3_r1_1.5b", "e3_r1_7b"]
+ONE_GPU = ["e3_r1_1.5b_1gpu"]
+CPU = ["verl_cpu_tiny"]  # verl on the CPU: checked by test_verl_cpu_plugin.py and tests/e2e/test_verl_cpu.py
 ABLATIONS = {"e3_r1_1.5b_grpo": (False, False, False), "e3_r1_1.5b_ts": (False, True, False),
              "e3_r1_1.5b_ts_an": (False, True, True), "e3_r1_1.5b_dr": (True, False, False)}
 
@@ -35,10 +37,10 @@ def shipped_configs() -> list[str]:
 
 
 def test_every_shipped_config_is_listed_here():
-    assert shipped_configs() == sorted(["e3_trainer", *PAPER, *ABLATIONS])
+    assert shipped_configs() == sorted(["e3_trainer", *PAPER, *ONE_GPU, *ABLATIONS, *CPU])
 
 
-@pytest.mark.parametrize("name", ["e3_trainer", *PAPER, *ABLATIONS])
+@pytest.mark.parametrize("name", ["e3_trainer", *PAPER, *ONE_GPU, *ABLATIONS])
 def test_config_composes_on_verls_ppo_trainer_and_validates(name):
     from e3.engines.verl.trainer import check_supported, e3_config_from
     from verl.utils.config import omega_conf_to_dataclass
@@ -59,7 +61,7 @@ def test_config_composes_on_verls_ppo_trainer_and_validates(name):
     omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
 
 
-@pytest.mark.parametrize("name", [*PAPER, *ABLATIONS])
+@pytest.mark.parametrize("name", [*PAPER, *ONE_GPU, *ABLATIONS])
 def test_run_configs_pass_verls_own_validation(name):
     """The preflight of ``python -m e3.main_train`` minus the GPU check: verl's ``validate_config``."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -125,4 +127,68 @@ def test_overrides_and_bad_keys():
         check_supported(cfg, e3_config_from(cfg))
     with pytest.raises(ValueError, match="adv_estimator"):
         cfg = compose("e3_trainer", "algorithm.adv_estimator=gae")
+        check_supported(cfg, e3_config_from(cfg))
+
+
+def test_one_gpu_run_is_the_paper_run_on_one_card_with_memory_settings():
+    """Same algorithm, data and batch as e3_r1_1.5b; only placement and memory settings differ (not measured here)."""
+    base = OmegaConf.to_container(compose("e3_r1_1.5b"))
+    one = OmegaConf.to_container(compose("e3_r1_1.5b_1gpu"))
+    assert one["trainer"]["n_gpus_per_node"] == 1 and one["trainer"]["nnodes"] == 1
+    actor, rollout = one["actor_rollout_ref"]["actor"], one["actor_rollout_ref"]["rollout"]
+    assert actor["fsdp_config"]["optimizer_offload"] and actor["entropy_from_logits_with_chunking"]
+    assert rollout["free_cache_engine"] and rollout["gpu_memory_utilization"] <= 0.5
+    assert rollout["tensor_model_parallel_size"] == 1
+    # the only differences from the paper run: placement, memory and the run's name
+    changed = {("trainer", "n_gpus_per_node"), ("trainer", "experiment_name"),
+               ("actor", "entropy_from_logits_with_chunking"), ("actor", "entropy_checkpointing"),
+               ("actor", "fsdp_config"), ("rollout", "gpu_memory_utilization"), ("rollout", "max_num_seqs"),
+               ("rollout", "max_num_batched_tokens"), ("rollout", "log_prob_max_token_len_per_gpu")}
+    for section, key in changed:
+        for cfg in (base, one):
+            root = cfg["trainer"] if section == "trainer" else cfg["actor_rollout_ref"][section]
+            root.pop(key)
+    assert one == base
+
+
+REFUSED = {
+    "parameter_sync_step": (("+trainer.v1.sync.parameter_sync_step=2",),
+                            r"trainer\.v1\.sync\.parameter_sync_step=2: .*k times too fast"),
+    "prepo_weighting_bypass": (("e3.temperature.enable=false", "e3.weighting.enable=true",
+                                "algorithm.rollout_correction.bypass_mode=true"),
+                               r"algorithm\.rollout_correction\.bypass_mode=true .*no `entropy` field.*e3\.weighting"),
+    "temperature_bypass": (("algorithm.rollout_correction.bypass_mode=true",),
+                           r"algorithm\.rollout_correction\.bypass_mode=true .*e3\.temperature"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED) + ["hdfs_without_client"])
+def test_settings_the_adapter_cannot_honour_are_refused_by_the_preflight(case):
+    """``python -m e3.main_train`` stops on the driver, before Ray or any worker starts, naming the key."""
+    import shutil
+
+    from e3.engines.verl.trainer import E3Trainer
+    from e3.main_train import preflight
+
+    if case == "hdfs_without_client":
+        if shutil.which("hdfs"):
+            pytest.skip("an `hdfs` client is installed here: checks the refusal without one")
+        overrides, message = ("trainer.default_hdfs_dir=hdfs://cluster/e3",), r"trainer\.default_hdfs_dir=hdfs://"
+    else:
+        overrides, message = REFUSED[case]
+    cfg = compose("e3_r1_1.5b", *overrides)
+    with pytest.raises(ValueError, match=message):
+        preflight(cfg)
+    with pytest.raises(ValueError, match=message):  # and the trainer itself, if built some other way
+        E3Trainer(cfg)
+
+
+def test_settings_next_to_the_refused_ones_pass():
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+
+    for overrides in [("+trainer.v1.sync.parameter_sync_step=1",),
+                      ("e3.temperature.enable=false", "algorithm.rollout_correction.bypass_mode=true"),
+                      ("e3.weighting.enable=true", "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum"),
+                      ("trainer.default_hdfs_dir=/mnt/shared/e3",)]:
+        cfg = compose("e3_r1_1.5b", *overrides)
         check_supported(cfg, e3_config_from(cfg))

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from e3.data import RowError, last_boxed, make_row, read_rows, validate_file, validate_rows, write_rows
+from e3.data import last_boxed, make_row, read_rows, validate_file, validate_rows, write_rows
 from e3.io import DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,24 +51,39 @@ def test_make_row_is_the_verl_schema():
 def test_a_bad_row_is_named_by_file_row_and_field(edit, field):
     rows = good_rows()
     edit(rows[2])
-    with pytest.raises(RowError) as err:
+    with pytest.raises(DataError) as err:
         validate_rows(rows, "train.parquet")
     assert (err.value.path, err.value.row, err.value.field) == ("train.parquet", 2, field)
     assert str(err.value).startswith(f"train.parquet, row 2: field '{field}'")
-    assert isinstance(err.value, DataError) and isinstance(err.value, ValueError)
+    assert isinstance(err.value, DataError) and isinstance(err.value, ValueError) and err.value.line is None
+
+
+def test_a_bad_line_of_a_json_lines_file_is_named_by_its_line(tmp_path):
+    rows = good_rows(4)
+    rows[2]["prompt"] = []
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in rows[1:]))  # a blank line
+    with pytest.raises(DataError, match=r"train\.jsonl, line 4: field 'prompt'") as err:
+        validate_file(path)
+    assert (err.value.line, err.value.row) == (4, None)
+    rows[2]["prompt"] = good_rows(4)[2]["prompt"]
+    rows[3]["extra_info"]["index"] = 0
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"line 4: field 'extra_info.index': 0 repeats line 1"):
+        validate_file(path)
 
 
 def test_duplicate_indices_and_unreadable_files(tmp_path):
     rows = good_rows()
     rows[1]["extra_info"]["index"] = 0
-    with pytest.raises(RowError, match=r"row 1: field 'extra_info.index': 0 repeats row 0"):
+    with pytest.raises(DataError, match=r"row 1: field 'extra_info.index': 0 repeats row 0"):
         validate_rows(rows, "f.parquet")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    with pytest.raises(RowError, match="junk.parquet: unreadable parquet"):
+    with pytest.raises(DataError, match="junk.parquet: unreadable parquet"):
         read_rows(tmp_path / "junk.parquet")
-    with pytest.raises(RowError, match="file not found"):
+    with pytest.raises(DataError, match="file not found"):
         read_rows(tmp_path / "missing.parquet")
-    with pytest.raises(RowError, match="unsupported file type"):
+    with pytest.raises(DataError, match="unsupported file type"):
         (tmp_path / "rows.csv").write_text("a,b\n")
         read_rows(tmp_path / "rows.csv")
 
@@ -79,7 +94,7 @@ def test_writes_are_atomic_and_never_half_written(tmp_path):
     before = out.read_bytes()
     bad = good_rows()
     bad[1]["reward_model"]["ground_truth"] = ""
-    with pytest.raises(RowError):
+    with pytest.raises(DataError):
         write_rows(bad, out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["train.parquet"]
     assert validate_file(out) == good_rows()  # round trip through parquet keeps every field
@@ -127,7 +142,7 @@ def test_prepare_benchmarks_offline(tmp_path):
 def test_converting_the_authors_training_file(shared_data, tmp_path, capsys):
     prepare = script("prepare_train")
     src = shared_data / "train_data.parquet"
-    with pytest.raises(RowError, match=r"train_data.parquet, row 1448: field 'reward_model.ground_truth': empty"):
+    with pytest.raises(DataError, match=r"train_data.parquet, row 1448: field 'reward_model.ground_truth': empty"):
         prepare.main(["--source", "file", "--input", str(src), "--out", str(tmp_path)])
     assert not (tmp_path / "train.parquet").exists()
     assert prepare.main(["--source", "file", "--input", str(src), "--out", str(tmp_path), "--skip-invalid"]) == 0

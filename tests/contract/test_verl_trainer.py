@@ -1,14 +1,14 @@
 """Contract: E3Trainer inside verl 0.9.1's real training loop on CPU (only the LLM server and the GPU workers fake).
 
 One module-scoped run of ``PPOTrainer.fit`` (6 steps, batch 4 prompts x n=4, an E3 epoch ends after step 4, checkpoints
-at steps 3 and 6), then a resumed run from the step-6 checkpoint. See ``verl_harness`` for what is real and what is
-replaced. Ray + TransferQueue start once for the module (one storage unit: the default 8 hang a 2-CPU Ray cluster).
+at steps 3 and 6 — also copied to ``trainer.default_hdfs_dir`` — and ``actor.loss_agg_mode=seq-mean-token-sum``,
+under which verl's ``actor/entropy`` is not a token mean), then a resumed run from the step-6 checkpoint. See
+``verl_harness`` for what is real and what is replaced; the Ray + TransferQueue and model fixtures are in conftest.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 
@@ -20,97 +20,24 @@ pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 tq = pytest.importorskip("transfer_queue")
 
-from omegaconf import OmegaConf  # noqa: E402
 
 from e3.advantage import grpo_advantages  # noqa: E402
-from e3.data import write_rows  # noqa: E402
 from e3.temperature import temperature_update  # noqa: E402
 
-from .verl_harness import ScriptedServer, arithmetic_rows, assemble, build_tiny_model  # noqa: E402
+from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls  # noqa: E402
 
 B, N = 4, 4
+
+
+def main_run(workdir):
+    """This module's settings on top of ``compose``'s: a loss aggregation under which verl's ``actor/entropy`` is
+    not a token mean, and a remote checkpoint folder (a local path: verl's hdfs_io copies those with shutil)."""
+    return ("actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum",
+            f"trainer.default_hdfs_dir={workdir / 'remote'}")
+
 SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",
           "rollout/n_max", "rollout/n_total", "reward/mean", "groups/all_correct", "groups/all_wrong",
           "groups/informative_rollouts"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    import verl
-
-    if ray.is_initialized():  # left over from another module: start clean, with our resource limits
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    conf = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/transfer_queue",
-                                       "transfer_queue.yaml"))
-    conf.backend.SimpleStorage.num_data_storage_units = 1
-    conf.backend.SimpleStorage.total_storage_size = 20000
-    tq.init(conf)
-    yield
-    tq.close()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("verl_e3")
-    build_tiny_model(root / "model")
-    write_rows(arithmetic_rows(16, "train"), root / "train.parquet")
-    write_rows(arithmetic_rows(4, "valid", start=100), root / "valid.parquet")
-    return root
-
-
-def compose(workdir, *extra):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from e3.main_train import CONFIG_DIR
-
-    overrides = [
-        f"actor_rollout_ref.model.path={workdir / 'model'}",
-        f"data.train_files={workdir / 'train.parquet'}", f"data.val_files={workdir / 'valid.parquet'}",
-        f"data.train_batch_size={B}", "data.dataloader_num_workers=0", "data.max_prompt_length=128",
-        "data.max_response_length=32", "data.seed=7",
-        f"actor_rollout_ref.rollout.n={N}", "actor_rollout_ref.rollout.name=vllm",
-        "actor_rollout_ref.rollout.calculate_log_probs=false", "actor_rollout_ref.rollout.agent.num_workers=1",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={B}",
-        "e3.allocation.n_low=2", "e3.allocation.n_high=6", "e3.allocation.n_update=2",
-        "reward.num_workers=1", "trainer.n_gpus_per_node=1", "trainer.total_epochs=2",
-        "trainer.total_training_steps=6", "trainer.save_freq=3", "trainer.test_freq=3",
-        "trainer.logger=[console,file,tensorboard]", f"trainer.default_local_dir={workdir / 'ckpt'}",
-        *extra,
-    ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return hydra_compose(config_name="e3_trainer", overrides=overrides)
-
-
-def spy_trainer_cls():
-    """E3Trainer plus a record of every step's plan and of the advantages it wrote (no behaviour change)."""
-    from e3.engines.verl.trainer import E3Trainer
-
-    class Spy(E3Trainer):
-        def __init__(self, config, server):
-            super().__init__(config)
-            self.server, self.plans, self.adv_rows = server, [], []
-
-        def _next_train_batch(self, num_prompts=None):
-            batch = super()._next_train_batch(num_prompts)
-            self.plans.append({"step": self.global_steps, "first_request": len(self.server.requests),
-                               "index": [int(i) for i in batch["index"]],
-                               "n": batch["__rollout_n__"].tolist(), "tau": batch["__temperature__"].tolist(),
-                               "config_tau": float(self.config.actor_rollout_ref.rollout.temperature)})
-            return batch
-
-        def _compute_advantage(self, batch, metrics):
-            batch = super()._compute_advantage(batch, metrics)
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                                   select_fields=["uid", "index", "rm_scores", "advantages", "response_mask"])
-            self.adv_rows.append({"step": self.global_steps, "uid": list(data["uid"]),
-                                  "index": [int(i) for i in data["index"]],
-                                  "score": [float(t.sum()) for t in data["rm_scores"].unbind()],
-                                  "adv": [t.tolist() for t in data["advantages"].unbind()]})
-            return batch
-
-    return Spy
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +49,7 @@ def run(cluster, workdir, tmp_path_factory):
     env.setenv("VERL_FILE_LOGGER_PATH", str(logdir / "metrics.jsonl"))
     env.setenv("TENSORBOARD_DIR", str(logdir / "tb"))
     server = ScriptedServer(AutoTokenizer.from_pretrained(workdir / "model"))
-    trainer = spy_trainer_cls()(compose(workdir), server)
+    trainer = spy_trainer_cls()(compose(workdir, *main_run(workdir)), server)
     agent_loop = assemble(trainer, workdir / "model", server)
     trainer.fit(agent_loop)
     logged = [json.loads(line) for line in open(logdir / "metrics.jsonl")]
@@ -150,8 +77,9 @@ def test_the_real_run_prompt_makes_exactly_n_i_rollouts_at_the_planned_temperatu
         window = requests[p["first_request"]:(nxt["first_request"] if nxt else len(requests))]
         train = [(k, tau) for k, tau in window if k in p["index"]]  # validation prompts have other indices
         assert Counter(k for k, _ in train) == Counter(dict(zip(p["index"], p["n"])))
-        assert train and all(tau == pytest.approx(p["tau"][0]) for _, tau in train)
-        assert set(p["tau"]) == {p["tau"][0]} and p["tau"][0] == pytest.approx(p["config_tau"])
+        # vLLM gets exactly the Python float the training passes divide the logits by (no float32 rounding)
+        assert train and all(type(tau) is float and tau == p["config_tau"] for _, tau in train)
+        assert type(p["config_tau"]) is float and set(p["tau"]) == {p["config_tau"]}
     val = [tau for k, tau in requests if k >= 100]
     assert val and set(val) == {0.0}  # validation keeps verl's greedy val_kwargs
 
@@ -162,22 +90,37 @@ def test_log_prob_and_update_passes_use_the_step_temperature(run):
     assert len(per_step) == 6
     for p, ((name1, tau1), (name2, tau2)) in zip(run["trainer"].plans, per_step):
         assert (name1, name2) == ("compute_log_prob", "update_actor")
-        assert tau1 == pytest.approx(p["tau"][0]) and tau2 == pytest.approx(p["tau"][0])
+        assert tau1 == tau2 == p["config_tau"]  # bit-identical to what the rollout got (previous test)
     taus = [p["tau"][0] for p in run["trainer"].plans]
     assert taus[0] == taus[1] == 1.0 and len(set(taus[2:])) > 1  # warm-up at tau_0, then scheduled
+    # a scheduled tau is a float64 value that float32 cannot hold: the float32 column used to change it
+    assert any(float(np.float32(t)) != t for t in taus[2:])
 
 
-def test_the_scheduler_steps_on_verls_reduced_entropy(run):
+def token_mean_by_hand(rec) -> float:
+    """E3 Eq. 4's H_t from one step's recorded ``entropy`` field: sum of entropy x mask over the response tokens of
+    the non-padding rows, divided by their number of tokens."""
+    num = sum(e * m for ent, mask, pad in zip(rec["entropy"], rec["mask"], rec["padding"]) if not pad
+              for e, m in zip(ent, mask))
+    den = sum(m for mask, pad in zip(rec["mask"], rec["padding"]) if not pad for m in mask)
+    return num / den
+
+
+def test_the_scheduler_steps_on_the_token_mean_entropy(run):
+    """Under seq-mean-token-sum verl's ``actor/entropy`` is a mean of per-sequence sums; H_t stays a token mean."""
     metrics = _train_metrics(run)
     vocab = len(run["trainer"].tokenizer)
     taus = [p["tau"][0] for p in run["trainer"].plans]
-    assert metrics[1]["rollout/entropy"] == pytest.approx(metrics[1]["actor/entropy"])
+    by_step = {rec["step"]: token_mean_by_hand(rec) for rec in run["trainer"].entropy_rows}
+    for step in range(1, 7):
+        m = metrics[step]
+        assert m["rollout/entropy"] == pytest.approx(by_step[step], rel=1e-9)
+        assert m["actor/entropy"] > 2 * m["rollout/entropy"]  # verl's value: summed over ~10 response tokens
     for step in range(2, 6):
         m = metrics[step]
-        assert m["rollout/entropy"] == pytest.approx(m["actor/entropy"])  # the driver-side, whole-batch value
-        assert m["rollout/temperature"] == pytest.approx(taus[step - 1])
-        expected = temperature_update(taus[step - 1], m["actor/entropy"], m["rollout/target_entropy"], vocab)
-        assert taus[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-6)
+        assert m["rollout/temperature"] == taus[step - 1]
+        expected = temperature_update(taus[step - 1], by_step[step], m["rollout/target_entropy"], vocab)
+        assert taus[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-9)
 
 
 def test_grpo_advantages_over_the_unequal_groups(run):
@@ -222,12 +165,16 @@ def test_controller_state_is_checkpointed_and_restored(run, workdir):
     for step in (3, 6):
         state = torch.load(ckpt / f"global_step_{step}" / "e3_controller.pt", weights_only=False)
         assert state["global_step"] == step and state["controller"]["step"] == step
+    # trainer.default_hdfs_dir: the controller state is copied beside where verl uploads the actor
+    for step in (3, 6):
+        remote = workdir / "remote" / f"global_step_{step}" / "e3_controller.pt"
+        assert remote.read_bytes() == (ckpt / f"global_step_{step}" / "e3_controller.pt").read_bytes()
     original = run["trainer"]
     assert torch.load(ckpt / "global_step_6" / "e3_controller.pt",
                       weights_only=False)["controller"] == original.controller.state_dict()
 
     server = ScriptedServer(original.tokenizer)
-    resumed = spy_trainer_cls()(compose(workdir, "trainer.total_training_steps=8"), server)
+    resumed = spy_trainer_cls()(compose(workdir, *main_run(workdir), "trainer.total_training_steps=8"), server)
     agent_loop = assemble(resumed, workdir / "model", server)
     assert resumed.global_steps == 6 and resumed.actor_rollout_wg.loaded
     assert resumed.controller.state_dict() == original.controller.state_dict()
@@ -252,7 +199,7 @@ def test_resuming_a_checkpoint_without_controller_state_fails_clearly(run, workd
     for f in ckpt.glob("global_step_*/e3_controller.pt"):
         f.unlink()
     server = ScriptedServer(run["trainer"].tokenizer)
-    trainer = spy_trainer_cls()(compose(workdir, f"trainer.default_local_dir={ckpt}"), server)
+    trainer = spy_trainer_cls()(compose(workdir, *main_run(workdir), f"trainer.default_local_dir={ckpt}"), server)
     with pytest.raises(FileNotFoundError, match="e3_controller.pt is missing"):
         assemble(trainer, workdir / "model", server)
 
@@ -317,3 +264,63 @@ def test_prepo_weights_multiply_the_advantages(cluster, workdir):
     for row, want in enumerate(expected):
         assert np.allclose(adv[row], [want] * 3, atol=1e-5)
     assert not np.allclose(expected, grpo_advantages(scores, uids))  # the weights did change something
+
+
+class HandEntropyGroup:
+    """An actor group whose old-log-prob pass returns hand-written entropies (prompt of one token, so the response
+    part of a row of length R is the first R values, as verl's ``response_from_nested`` reads it)."""
+
+    _dispatch_info = {"actor": [0]}
+
+    def __init__(self, entropies):
+        self.entropies = entropies
+
+    def compute_log_prob(self, batch):
+        import torch
+        from tensordict import TensorDict
+
+        full = [torch.tensor([*e, 0.0]) for e in self.entropies]
+        out = TensorDict({"entropy": torch.nested.as_nested_tensor(full, layout=torch.jagged),
+                          "log_probs": torch.nested.as_nested_tensor([torch.zeros_like(t) for t in full],
+                                                                     layout=torch.jagged)}, batch_size=len(batch))
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
+        return batch
+
+
+def test_the_scheduler_entropy_is_the_token_mean_under_seq_mean_token_sum(cluster, workdir):
+    """Hand-computed: rows of 4, 2 (+1 masked) and 2 response tokens, and one padding row.
+
+    verl's ``actor/entropy`` under seq-mean-token-sum: (4.0 + 4.0 + 1.0 + 9.0) / 4 sequences = 4.5 (its padding row
+    has a nonzero mask here, so verl counts it). E3 Eq. 4's H_t: (4.0 + 4.0 + 1.0) / (4 + 2 + 2) tokens = 1.125.
+    """
+    import torch
+    from tensordict import TensorDict
+    from transfer_queue import KVBatchMeta
+
+    from e3.engines.verl.trainer import E3Trainer
+    from verl.utils import tensordict_utils as tu
+
+    trainer = E3Trainer(compose(workdir, "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum"))
+    trainer._init_tokenizer()
+    trainer._init_dataloader()
+    entropies = [[1.0, 1.0, 1.0, 1.0], [3.0, 1.0, 100.0], [0.25, 0.75], [9.0]]
+    masks = [[1, 1, 1, 1], [1, 1, 0], [1, 1], [1]]
+    uids = ["uidA", "uidA", "uidB", "padX"]
+    keys = [f"{u}_{i}_0" for i, u in enumerate(uids)]
+    tags = [{}, {}, {}, {"is_padding": True}]
+    fields = TensorDict({
+        "response_mask": torch.nested.as_nested_tensor([torch.tensor(m) for m in masks], layout=torch.jagged),
+        "rm_scores": torch.nested.as_nested_tensor([torch.zeros(len(m)) for m in masks], layout=torch.jagged),
+    }, batch_size=len(keys))
+    tu.assign_non_tensor_stack(fields, "uid", uids)
+    tu.assign_non_tensor_stack(fields, "index", [0, 0, 1, 2])
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=fields, tags=tags)
+    trainer.actor_rollout_wg = HandEntropyGroup(entropies)
+    meta = KVBatchMeta(keys=keys, tags=tags, partition_id="train")
+    metrics = {}
+    meta = trainer._compute_old_log_prob(meta, metrics)
+    trainer._compute_advantage(meta, {})
+    tq.kv_clear(keys=keys, partition_id="train")
+    assert metrics["actor/entropy"] == pytest.approx(4.5)
+    assert trainer._e3_metrics["rollout/entropy"] == pytest.approx(1.125)
+    assert trainer.controller.scheduler.initial_entropy == pytest.approx(1.125)  # step 1 sets H_target from it

@@ -16,8 +16,6 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
-import json
-import os
 import sys
 import textwrap
 import types
@@ -94,9 +92,10 @@ def main(sdist: str) -> None:
                   "verify options; expected: the verdict its test asserts (1/0).",
         "cases": cases,
     }
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, OUT)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from e3.io import atomic_write_json
+
+    atomic_write_json(OUT, doc, indent=1)
     print(f"wrote {len(cases)} cases to {OUT}")
 
 

@@ -42,7 +42,10 @@ def test_output_lines(tmp_path, tiny_model):
     rows = read(out)
     assert [r["id"] for r in rows] == ["toy2-0", "toy-0", "toy2-1", "toy-1", "toy2-2"]
     for i, r in enumerate(rows):
-        assert set(r) == {"id", "source", "prompt", "answer", "responses", "model", "sampling"}
+        assert set(r) == {"id", "source", "prompt", "answer", "responses", "finish_reasons", "backend", "model",
+                          "sampling"}
+        assert r["backend"] == "hf" and len(r["finish_reasons"]) == 3
+        assert set(r["finish_reasons"]) <= {"stop", "length"}
         assert r["prompt"] == f"What is {i} + {i}?" and r["answer"] == str(2 * i)
         assert len(r["responses"]) == 3 and all(isinstance(x, str) for x in r["responses"])
         assert r["sampling"] == {"n": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 3,
@@ -123,9 +126,9 @@ def test_no_chat_template_and_prompt_template(tmp_path, tiny_model, monkeypatch)
     seen = []
     real = main_infer.HFBackend.generate
 
-    def spy(self, texts, seed):
-        seen.extend(texts)
-        return real(self, texts, seed)
+    def spy(self, ids, seed):
+        seen.extend(self.tokenizer.decode(x) for x in ids)
+        return real(self, ids, seed)
 
     monkeypatch.setattr(main_infer.HFBackend, "generate", spy)
     data, out = problems_file(tmp_path / "p.jsonl", 1), tmp_path / "out.jsonl"

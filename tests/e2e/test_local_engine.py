@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from e3.engines import checkpoint as ckpt
 from e3.engines.local import main, read_metrics, run
-from e3.engines.local_config import CONFIG_DIR, ConfigError, load_config
+from e3.engines.local_config import ConfigError
 from e3.engines.tiny_task import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,8 +89,9 @@ def test_prepo_curriculum_and_weights_drive_the_run(tmp_path, ws_cache):
     cfg = tiny(ws_cache, task={"train_size": 80}, trainer={"total_steps": 3},
                e3={"curriculum": {"enable": True, "window_ratio": 0.2}, "weighting": {"enable": True}})
     ms = run(cfg, run_dir=str(tmp_path / "run"), quiet=True).metrics[1:]
-    # |B| = 8 / 0.2 = 40 candidates scored per step; window start l(rho) = floor(rho * (40 - 8)), rho = step / 3
-    assert [m["curriculum/window_start"] for m in ms] == [0, 10, 21]
+    # |B| = 8 / 0.2 = 40 candidates scored per step; window start l(rho) = floor(rho * (40 - 8)), rho = step / 2
+    # over the steps completed before each batch (0, 1, 2): the last step's window is the 8 hardest candidates
+    assert [m["curriculum/window_start"] for m in ms] == [0, 16, 32]
     assert all(m["curriculum/ppl_min"] <= m["curriculum/ppl_max"] for m in ms)
     assert ms[-1]["curriculum/ppl_mean"] > ms[0]["curriculum/ppl_mean"]  # easy -> hard
     assert all(abs(m["weights/mean"] - 1.0) < 1e-9 and m["weights/std"] > 0 for m in ms)
@@ -100,24 +101,9 @@ def test_offline_prepo_paces_over_the_dataset_scored_once(tmp_path, ws_cache):
     cfg = tiny(ws_cache, task={"train_size": 80}, trainer={"total_steps": 3},
                e3={"curriculum": {"enable": True, "mode": "offline", "window_ratio": 0.2}})
     ms = run(cfg, run_dir=str(tmp_path / "run"), quiet=True).metrics[1:]
-    # window of max(8, 0.2 * 80) = 16 sorted prompts starting at floor(step / 3 * (80 - 16))
-    assert [m["curriculum/window_start"] for m in ms] == [0, 21, 42]
+    # window of max(8, 0.2 * 80) = 16 sorted prompts starting at floor(step / 2 * (80 - 16)), step = 0, 1, 2
+    assert [m["curriculum/window_start"] for m in ms] == [0, 32, 64]
     assert ms[-1]["curriculum/ppl_mean"] > ms[0]["curriculum/ppl_mean"]
-
-
-def test_ablation_overlays_load_and_switch_the_right_pieces():
-    want = {"grpo": (False, False, False, False), "ts": (False, True, False, False),
-            "ts_an": (False, True, False, False), "dr": (True, False, False, False), "e3": (True, True, False, False),
-            "prepo": (False, False, True, True), "e3_prepo": (True, True, True, True)}
-    for name, (dr, ts, cur, w) in want.items():
-        e = load_config(os.path.join(CONFIG_DIR, f"{name}.yaml")).e3
-        assert (e.allocation.enable, e.temperature.enable, e.curriculum.enable, e.weighting.enable) == (dr, ts, cur, w)
-    assert load_config(os.path.join(CONFIG_DIR, "ts.yaml")).e3.temperature.anneal is False
-    assert load_config(os.path.join(CONFIG_DIR, "ts_an.yaml")).e3.temperature.anneal is True
-    # an overlay is small: it never repeats the engine sections
-    for name in want:
-        with open(os.path.join(CONFIG_DIR, f"{name}.yaml")) as fh:
-            assert set(OmegaConf.create(fh.read())) <= {"defaults", "e3"}
 
 
 def test_bad_input_stops_before_anything_is_written(tmp_path, ws_cache, capsys):
@@ -128,7 +114,7 @@ def test_bad_input_stops_before_anything_is_written(tmp_path, ws_cache, capsys):
     assert "unknown config key e3.temperature.nope" in capsys.readouterr().err
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"prompt": "3+4=", "answer": "7"}\n{"prompt": "5+5="}\n')
-    with pytest.raises(DataError, match=r"train.jsonl: row 1: no ground truth"):
+    with pytest.raises(DataError, match=r"train.jsonl, line 2: field 'answer': no ground truth"):
         run(tiny(ws_cache, data={"train_file": str(bad)}), run_dir=str(run_dir), quiet=True)
     with pytest.raises(DataError, match="not found"):
         run(tiny(ws_cache, data={"val_file": str(tmp_path / "missing.parquet")}), run_dir=str(run_dir), quiet=True)

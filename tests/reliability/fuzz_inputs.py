@@ -1,4 +1,4 @@
-"""Seeded generator of hostile reward inputs (issue 7), shared by the fast test and ``bench/reliability.py``.
+"""Seeded generator of hostile reward inputs, shared by the fast test and ``bench/reliability.py``.
 
 ``fuzz_inputs(n, seed)`` returns ``n`` dicts ``{"data_source", "solution_str", "ground_truth", "extra_info", "kind"}``
 cycling through ``KINDS``: deeply nested braces, ~100 kB responses, unbalanced ``\\left(``, huge exponents

@@ -1,4 +1,4 @@
-"""A corpus of malformed data files for every entry point, and the check that each is refused cleanly (issue 7).
+"""A corpus of malformed data files for every entry point, and the check that each is refused cleanly.
 
 ``build_corpus(root)`` writes broken JSONL / parquet files — a missing column, a wrong type, an empty prompt (or
 empty responses / scores), a missing ground truth, a duplicate id, a line that is not an object, a truncated file,

@@ -1,4 +1,4 @@
-"""Inference killed mid-run and restarted (issue 7): 0 duplicate and 0 missing problems in the output.
+"""Inference killed mid-run and restarted: 0 duplicate and 0 missing problems in the output.
 
 ``python -m e3.main_infer`` samples a tiny random model (built locally by ``tests/tiny_lm.py``; nothing from a hub)
 on a problem file and is SIGKILLed at seeded points, each time restarted with the same command until it finishes:

@@ -1,4 +1,4 @@
-"""Kill and resume the local engine (issue 7): SIGKILL at seeded random points, then ``--resume``.
+"""Kill and resume the local engine: SIGKILL at seeded random points, then ``--resume``.
 
 Each kill point is drawn from a seeded generator: the step, and where in it — at a step's start, right after
 sampling (``after_rollout``), after the step's metrics are logged (``step_end``), in the middle of writing

@@ -1,4 +1,4 @@
-"""Malformed data (issue 7): every broken file is refused before work starts, with file, row/line and field named,
+"""Malformed data: every broken file is refused before work starts, with file, row/line and field named,
 and nothing is created or modified — for every entry point that reads user data (see ``malformed.py``).
 
 The CLIs run in subprocesses (the user path); the local engine, whose import takes ~5 s, runs its CLI ``main`` in

@@ -1,4 +1,4 @@
-"""Reward fuzzing, fast version (issue 7; ``bench/reliability.py`` runs 10,000 of the same generator's inputs):
+"""Reward fuzzing, fast version (``bench/reliability.py`` runs 10,000 of the same generator's inputs):
 no exception, every call back within the per-call bound, through the batch scorer and through ``compute_score``
 called from a non-main thread."""
 

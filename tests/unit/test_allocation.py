@@ -17,7 +17,7 @@ from e3.allocation import (
 from e3.config import E3Config
 
 
-def seed_alg1(k, total, n_min):
+def authors_alg1(k, total, n_min):
     """E3 Algorithm 1 as printed (no cap in steps 1-2): the oracle for the cases where no cap binds.
 
     1. everybody gets n_min; R = total - B*n_min;  2. + floor(R*k_i/sum k) (sum k = 0: spread evenly);
@@ -84,9 +84,9 @@ def test_alg1_leftover_goes_one_at_a_time_when_no_cap_binds():
 
 def test_one_hard_prompt_among_easy_ones_is_capped_and_the_rest_redistributed():
     # 20 prompts, G = 8, bounds [4, 12]: N = 160, R = 160 - 80 = 80, k = [0]*19 + [1] (sum k = 1)
-    # seed code: the hard prompt gets 4 + floor(80 * 1/1) = 84 rollouts, far above n_max = 12
+    # the authors' code: the hard prompt gets 4 + floor(80 * 1/1) = 84 rollouts, far above n_max = 12
     k = [0.0] * 19 + [1.0]
-    assert seed_alg1(k, 160, 4)[-1] == 84
+    assert authors_alg1(k, 160, 4)[-1] == 84
     # ours: the hard prompt takes min(80, 12 - 4) = 8 -> 12; the other 72 go to the 19 easy ones evenly:
     # floor(72/19) = 3 each -> 7, leftover 72 - 57 = 15 -> one each to the first 15 easy prompts -> 8
     n = allocate_rollouts(k, total=160, n_min=4, n_max=12)
@@ -95,9 +95,9 @@ def test_one_hard_prompt_among_easy_ones_is_capped_and_the_rest_redistributed():
 
 
 def test_cap_holds_with_rank_difficulties():
-    # one prompt at k = 31/32 among 31 easy ones at k = 1/32 (ties): the seed code exceeds n_max
+    # one prompt at k = 31/32 among 31 easy ones at k = 1/32 (ties): the authors' code exceeds n_max
     k = np.array([1 / 32] * 31 + [31 / 32])
-    assert seed_alg1(k, 32 * 8, 4)[-1] > 12
+    assert authors_alg1(k, 32 * 8, 4)[-1] > 12
     n = allocate_rollouts(k, total=32 * 8, n_min=4, n_max=12)
     assert n[-1] == 12
     check_invariants(n, k, 256, 4, 12)
@@ -161,7 +161,7 @@ def test_invariants_tied_difficulty(args):
 @given(budgets())
 def test_equals_alg1_whenever_no_cap_binds(args):
     k, total, n_min, n_max = args
-    ref = seed_alg1(k, total, n_min)
+    ref = authors_alg1(k, total, n_min)
     if ref.max() <= n_max:
         assert allocate_rollouts(k, total, n_min, n_max).tolist() == ref.tolist()
 
@@ -279,30 +279,38 @@ def test_observe_length_mismatch_raises():
         DifficultyTracker().observe([1, 2, 3], [1.0, 0.0])
 
 
-def _tied_ranks(seed, size=40):
-    t = DifficultyTracker(seed=seed)
-    _observe_accuracies(t, {i: 0.5 for i in range(size)})
-    t.end_epoch(range(size))
-    return t.difficulty(range(size))
-
-
-def test_ties_broken_by_seeded_random_not_dataset_order():
-    a0, a0_again, a1 = _tied_ranks(0), _tied_ranks(0), _tied_ranks(1)
-    assert a0.tolist() == a0_again.tolist()  # same seed, same order
-    assert a0.tolist() != a1.tolist()  # another seed, another order
-    dataset_order = (np.arange(40) / 40).tolist()
-    assert a0.tolist() != dataset_order and a1.tolist() != dataset_order
-    assert sorted(a0.tolist()) == dataset_order  # still a permutation of rank/|D|
-
-
-def test_ties_only_permute_within_their_accuracy_level():
-    t = DifficultyTracker(seed=3)
-    acc = {i: (1.0 if i < 10 else 0.0) for i in range(30)}
-    _observe_accuracies(t, acc)
+def test_ties_share_the_mean_rank_of_their_accuracy_level():
+    t = DifficultyTracker()
+    _observe_accuracies(t, {i: (1.0 if i < 10 else 0.0) for i in range(30)})
     t.end_epoch(range(30))
     k = t.difficulty(range(30))
-    assert sorted(k[:10].tolist()) == (np.arange(10) / 30).tolist()
-    assert sorted(k[10:].tolist()) == (np.arange(10, 30) / 30).tolist()
+    assert k[:10].tolist() == [4.5 / 30] * 10  # ranks 0..9
+    assert k[10:].tolist() == [19.5 / 30] * 20  # ranks 10..29
+    assert np.mean(k) == pytest.approx(np.mean(np.arange(30) / 30))  # the expected ranks of a random tie-break
+
+
+def test_tied_prompts_share_the_average_rank():
+    t = DifficultyTracker()
+    _observe_accuracies(t, {0: 1.0, 1: 0.5, 2: 0.5, 3: 0.5, 4: 0.0})
+    t.end_epoch(range(5))
+    # highest accuracy first: 0 -> rank 0; 1, 2, 3 tie for ranks 1, 2, 3 -> 2 each; 4 -> rank 4; k = rank / 5
+    assert t.difficulty(range(5)).tolist() == [0.0, 0.4, 0.4, 0.4, 0.8]
+
+
+def test_tied_prompts_get_equal_budgets():
+    """Equal evidence, equal budget: prompts of equal accuracy get the same k, so in one batch their budgets differ
+    at most by the one leftover rollout of Alg. 1's last step."""
+    alloc = RolloutAllocator(8)
+    idx = np.arange(42)
+    alloc.observe(np.repeat(idx[:40], 4), np.tile([1.0, 0.0, 1.0, 0.0], 40))  # 40 prompts tied at 0.5
+    alloc.observe([40] * 4 + [41] * 4, [1.0] * 4 + [0.0] * 4)  # one easy, one hard
+    alloc.end_epoch(idx)
+    alloc.end_epoch(idx)  # bounds [4, 12]
+    k = alloc.tracker.difficulty(idx[:40])
+    assert np.all(k == k[0]) and k[0] == pytest.approx(20.5 / 42)  # ranks 1..40 -> 20.5
+    for batch in np.array_split(np.random.default_rng(0).permutation(40), 5):
+        n = alloc.allocate(np.concatenate([[40, 41], batch]))
+        assert n[2:].max() - n[2:].min() <= 1, n
 
 
 def test_unseen_prompts_use_the_prior():
@@ -336,14 +344,14 @@ def _trained_allocator(seed=5):
         n = alloc.allocate(idx[:12])
         rows = np.repeat(idx[:12], n)
         alloc.observe(rows, rng.integers(0, 2, rows.size).astype(float))
-        alloc.end_epoch(idx)  # prompts 12..23 unseen: ties broken by the RNG
+        alloc.end_epoch(idx)  # prompts 12..23 unseen: tied at the prior
     return alloc, idx
 
 
 def _next_decisions(alloc, idx):
     out = [alloc.allocate(idx[:12]).tolist(), alloc.allocate(idx[12:]).tolist()]
     alloc.observe(np.repeat(idx[:4], 8), np.tile([1.0, 0.0], 16))
-    alloc.end_epoch(idx)  # consumes RNG for the tie-break
+    alloc.end_epoch(idx)
     out += [alloc.allocate(idx[:12]).tolist(), alloc.allocate(idx[12:]).tolist(),
             alloc.tracker.difficulty(idx).tolist(), alloc.metrics()["rollout/n_min"]]
     return out
@@ -360,7 +368,7 @@ def _json(state):
 @pytest.mark.parametrize("roundtrip", [_pickle, _torch_save, _json])  # json: int prompt keys must survive
 def test_restored_allocator_makes_the_same_decisions(roundtrip):
     original, idx = _trained_allocator()
-    restored = RolloutAllocator(8, seed=999)  # another seed: the RNG state must come from the checkpoint
+    restored = RolloutAllocator(8, seed=999)
     restored.load_state_dict(roundtrip(original.state_dict()))
     assert _next_decisions(restored, idx) == _next_decisions(original, idx)
 

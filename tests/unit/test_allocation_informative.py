@@ -7,7 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from e3.allocation import POLICIES, RolloutAllocator
+from e3.allocation import RolloutAllocator
+from e3.allocation_policy import registered_policies
 from e3.allocation_informative import (
     allocate_for_pass_rates,
     allocate_informative,
@@ -150,7 +151,7 @@ def test_ties_are_deterministic_and_favour_earlier_prompts():
 
 
 def test_policy_registered_and_selectable_in_config():
-    assert "informative" in POLICIES
+    assert "informative" in registered_policies()
     cfg = E3Config.from_dict({"allocation": {"policy": "informative"}})
     alloc = RolloutAllocator.from_config(cfg.allocation, 8)
     prompts = np.arange(4)
@@ -163,3 +164,10 @@ def test_policy_registered_and_selectable_in_config():
     assert n.sum() == 32 and n.min() >= 4 and n.max() <= 12
     assert n[2] > n[0] and n[2] > n[1] and n[3] > n[0] and n[3] > n[1]
     assert alloc.metrics()["rollout/n_total"] == 32
+
+
+def test_a_table_of_subnormal_values_is_solved_without_nans():
+    table = np.array([[0.0, 1.0, 3.0], [0.0, 2.0, 2.5]]) * 1e-320  # the snapping grid would underflow to 0
+    with np.errstate(all="raise"):
+        n = allocate_max_separable(table, 8, 3, 5)
+    assert n.sum() == 8 and n.min() >= 3 and n.max() <= 5

@@ -1,10 +1,12 @@
-"""bench/allocation.py: runs in --quick mode, prints the table and last line, writes consistent JSON."""
+"""bench/allocation.py: runs in --quick mode, prints the tables, one summary line per metric and the last line,
+writes consistent JSON; takes a user's policy module unchanged."""
 
 import importlib.util
 import json
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "allocation.py"
 SHARED = ROOT.parent / "shared" / "data" / "e3" / "all_data.parquet"
 LAST = re.compile(r"^best informative-rollout ratio vs uniform at \[4,12\]: (\d+\.\d\d) \(policy (\w+)\)$")
+CAPS = ((4, 12), (2, 32), (2, 128))
+METRICS = ("informative", "nonzero_groups", "all_wrong", "all_correct", "signal", "expected_informative")
 
 
 def load_bench():
@@ -41,22 +45,31 @@ def test_quick_run_prints_table_and_last_line(quick):
     assert match.group(2) == result["best_412"]["policy"]
     assert float(match.group(1)) == pytest.approx(result["best_412"]["ratio"], abs=0.005)
     assert "synthetic Beta mixture" in lines[0]
-    for policy, caps in [("uniform", "[8,8]"), ("e3", "[4,12]"), ("informative", "[4,12]"), ("oracle", "[2,16]"),
-                         ("informative", "[2,32]")]:
+    for policy, caps in [("uniform", "[8,8]"), ("e3", "[4,12]"), ("informative", "[4,12]"), ("oracle", "[2,32]"),
+                         ("knapsack", "[2,128]"), ("informative", "[2,32]")]:
         assert any(re.match(rf"^{policy}\s+{re.escape(caps)}\s", line) for line in lines), (policy, caps)
+    # one summary line per metric, naming the best policy and matching the JSON
+    for metric in METRICS:
+        best = result["summary"][metric]
+        word = "lowest" if metric in ("all_wrong", "all_correct") else "best"
+        pattern = (rf"^{word} .*: {best['value']:.3f} = {best['ratio']:.2f}x uniform \(policy {best['policy']} at "
+                   rf"{re.escape(str(best['caps']).replace(' ', ''))}\)$")
+        assert sum(bool(re.match(pattern, line)) for line in lines) == 1, metric
+    assert any(line.startswith("knapsack vs uniform at [4,12], [2,32], [2,128]") for line in lines)
+    assert any(line.startswith("solver latency per step at B = 64, caps [2,128], |D| = 40,000: uniform") for line in lines)
 
 
 def test_json_shape_and_uniform_baseline(quick):
     _, result = quick
     rows = result["rows"]
     keys = {(r["policy"], tuple(r["caps"])) for r in rows}
-    assert keys == {("uniform", (8, 8))} | {(p, c) for p in ("e3", "informative", "oracle")
-                                             for c in ((4, 12), (2, 16), (2, 32))}
+    assert keys == {("uniform", (8, 8))} | {(p, c) for p in ("e3", "informative", "knapsack", "oracle")
+                                             for c in CAPS}
     for r in rows:
         assert r["schedule"][0] == [8, 8] and r["schedule"][-1] == (r["caps"] if r["policy"] != "uniform" else [8, 8])
         assert r["measured_epochs"] == [result["epochs"]]
         for block in ("widest", "ratio", "all_epochs", "all_epochs_ratio"):
-            for metric in ("informative", "expected_informative", "all_wrong", "all_correct"):
+            for metric in METRICS:
                 entry = r[block][metric]
                 assert len(entry["per_seed"]) == result["seeds"]
                 assert entry["mean"] == pytest.approx(np.mean(entry["per_seed"]))
@@ -73,12 +86,12 @@ def test_informative_policy_beats_uniform_in_expectation(quick):
     _, result = quick
     rows = {(r["policy"], tuple(r["caps"])): r for r in result["rows"]}
     base = rows[("uniform", (8, 8))]["widest"]["expected_informative"]["per_seed"]
-    for caps in ((4, 12), (2, 16), (2, 32)):
+    for caps in CAPS:
         ours = rows[("informative", caps)]["widest"]["expected_informative"]["per_seed"]
         oracle = rows[("oracle", caps)]["widest"]["expected_informative"]["per_seed"]
         assert all(o >= b for o, b in zip(ours, base)), caps
         assert all(c >= o - 1e-9 for c, o in zip(oracle, ours)), caps  # the oracle optimises the true expectation
-    best = max((rows[(p, (4, 12))]["ratio"]["informative"]["mean"], p) for p in ("e3", "informative"))
+    best = max((rows[(p, (4, 12))]["ratio"]["informative"]["mean"], p) for p in ("e3", "informative", "knapsack"))
     assert result["best_412"] == {"policy": best[1], "ratio": best[0]}
 
 
@@ -120,3 +133,65 @@ def test_quick_run_on_shared_e3_difficulties(capsys):
     out = capsys.readouterr().out
     assert "all_data.parquet: 15888 questions" in out
     assert LAST.match(out.strip().splitlines()[-1])
+
+
+def test_summary_picks_the_best_row_and_the_verdict_follows_the_numbers(quick):
+    _, result = quick
+    rows = [r for r in result["rows"] if r["policy"] != "oracle"]
+    for metric in METRICS:
+        pick = (min if metric in ("all_wrong", "all_correct") else max)(rows, key=lambda r: r["widest"][metric]["mean"])
+        assert result["summary"][metric]["value"] == pick["widest"][metric]["mean"]
+    knap = {tuple(r["caps"]): r for r in result["rows"] if r["policy"] == "knapsack"}
+    for metric, entry in result["summary"]["knapsack_vs_uniform"].items():
+        gain = knap[(2, 128)]["ratio"][metric]["mean"] - 1
+        assert entry["gain"]["[2,128]"] == pytest.approx(gain)
+        expected = ("reproduced" if 0.2 <= gain <= 0.4 else "exceeded" if gain > 0.4 else
+                    "not reproduced (smaller gain)" if gain > 0 else "not reproduced (no gain)")
+        assert entry["verdict"] == expected
+    lat = result["latency"]
+    assert {(x["policy"], tuple(x["caps"]), x["batch"]) for x in lat} == {
+        (p, c, 64) for p in ("uniform", "e3", "informative", "knapsack", "oracle") for c in CAPS}
+    assert all(x["dataset"] == 40_000 and x["median_s"] > 0 for x in lat)
+
+
+USER_POLICY = '''
+import numpy as np
+from e3.allocation_policy import AllocationPolicy
+
+
+class HardestFirst(AllocationPolicy):
+    """Fills the prompts with the lowest mean reward so far up to n_max, the rest get n_min."""
+
+    def allocate(self, indices, total, n_min, n_max):
+        n = np.full(len(indices), n_min, dtype=np.int64)
+        spare = total - n.sum()
+        for i in np.argsort(self.tracker.accuracy(indices), kind="stable"):
+            take = min(spare, n_max - n_min)
+            n[i] += take
+            spare -= take
+        return n
+'''
+
+
+def test_a_users_policy_module_runs_in_the_replay_unchanged(tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_alloc.py").write_text(textwrap.dedent(USER_POLICY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bench = load_bench()
+    out_json = tmp_path / "out.json"
+    assert bench.main(["--quick", "--synthetic", "--seeds", "1", "--prompts", "128", "--latency-reps", "1",
+                       "--policies", "user_alloc:HardestFirst", "knapsack", "--output", str(out_json)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for caps in ("[4,12]", "[2,32]", "[2,128]"):
+        assert any(re.match(rf"^user_alloc:HardestFirst\s+{re.escape(caps)}\s", line) for line in lines), caps
+    result = json.loads(out_json.read_text())
+    mine = [r for r in result["rows"] if r["policy"] == "user_alloc:HardestFirst"]
+    assert [r["schedule"][-1] for r in mine] == [[4, 12], [2, 32], [2, 128]]
+    assert any(x["policy"] == "user_alloc:HardestFirst" for x in result["latency"])
+    assert LAST.match(lines[-1])
+
+
+def test_unknown_policy_is_refused_before_any_work(capsys):
+    bench = load_bench()
+    assert bench.main(["--quick", "--synthetic", "--policies", "no_such_mod:Nope"]) == 2
+    err = capsys.readouterr().err
+    assert "e3.allocation.policy='no_such_mod:Nope': cannot import module 'no_such_mod'" in err

@@ -56,7 +56,7 @@ def test_candidate_count_gives_k_over_b_ratio():
 
 
 def test_online_pacer_selects_paced_window():
-    pacer = PerplexityPacer(batch_size=8, total_steps=10, window_ratio=0.2)
+    pacer = PerplexityPacer(batch_size=8, total_steps=11, window_ratio=0.2)  # rho = step / 10
     assert pacer.num_candidates == 40
     ppl = np.arange(40, 0, -1, dtype=float)  # position j has perplexity 40 - j: ascending order = 39, 38, ...
     assert sorted(pacer.select(ppl, 0).tolist()) == list(range(32, 40))  # the 8 lowest
@@ -65,16 +65,28 @@ def test_online_pacer_selects_paced_window():
     assert sorted(ppl[pacer.select(ppl, 5)].tolist()) == list(range(17, 25))
     assert pacer.metrics()["curriculum/window_start"] == 16
     assert pacer.metrics()["curriculum/ppl_mean"] == pytest.approx(20.5)
-    assert sorted(pacer.select(ppl, 10).tolist()) == list(range(0, 8))  # the 8 highest
+    assert sorted(pacer.select(ppl, 10).tolist()) == list(range(0, 8))  # the last step: the 8 highest
     with pytest.raises(ValueError, match="total_steps > 0"):
         PerplexityPacer(8, 0)
+
+
+def test_last_step_window_ends_at_the_hardest_prompt():
+    """Steps are counted 0 .. T-1 when a batch is chosen (completed steps): rho = step / (T - 1) reaches 1 at the
+    last step, whose window is the K hardest prompts (rho = step / T would stop one position short)."""
+    pacer = PerplexityPacer(batch_size=8, total_steps=10, window_ratio=0.2)
+    ppl = np.arange(40, 0, -1, dtype=float)  # position j has perplexity 40 - j
+    assert sorted(pacer.select(ppl, 9).tolist()) == list(range(0, 8))  # the 8 highest perplexities
+    assert pacer.metrics()["curriculum/window_start"] == 32 and pacer.metrics()["curriculum/progress"] == 1.0
+    offline = OfflinePacer(np.arange(100), np.arange(100, dtype=float), total_steps=10, window_ratio=0.2)
+    assert set(offline.batch(9, 8).tolist()) <= set(range(80, 100))  # window of the 20 hardest
+    assert offline.metrics()["curriculum/window_start"] == 80 and offline.metrics()["curriculum/progress"] == 1.0
 
 
 def _offline(seed=0):
     rng = np.random.default_rng(42)
     indices = np.arange(100, 200)
     ppl = rng.uniform(1.0, 50.0, 100)
-    return OfflinePacer(indices, ppl, total_steps=10, window_ratio=0.2, seed=seed), dict(zip(indices.tolist(), ppl))
+    return OfflinePacer(indices, ppl, total_steps=11, window_ratio=0.2, seed=seed), dict(zip(indices.tolist(), ppl))
 
 
 def test_offline_pacer_windows_move_easy_to_hard():
@@ -84,7 +96,7 @@ def test_offline_pacer_windows_move_easy_to_hard():
     prev_start = -1
     for step in range(11):
         batch = pacer.batch(step, 8)
-        start = int(np.floor(step / 10 * (100 - w)))  # l(rho) with rho = step / total_steps
+        start = int(np.floor(step / 10 * (100 - w)))  # l(rho) with rho = step / (total_steps - 1)
         assert len(set(batch.tolist())) == 8
         assert set(batch.tolist()) <= set(order[start:start + w])
         assert pacer.metrics()["curriculum/window_start"] == start > prev_start

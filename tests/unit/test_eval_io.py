@@ -2,6 +2,7 @@
 atomic writes, and main_eval's scores/lengths/accuracy on hand-built responses."""
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -9,7 +10,7 @@ from collections import Counter
 import pytest
 
 from e3.benchmarks import load_problem_file
-from e3.io import DataError, JsonlAppender, atomic_write_jsonl, drop_truncated_tail, read_jsonl
+from e3.io import DataError, JsonlAppender, atomic_path, atomic_write_jsonl, drop_truncated_tail, read_jsonl
 from e3.main_eval import read_outputs
 
 
@@ -121,6 +122,45 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write_jsonl(path, rows())
     assert path.read_text() == '{"a": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["x.jsonl"]
+
+
+def test_atomic_path_serves_any_writer(tmp_path):
+    """The one atomic write: writers that open the path themselves and pick a format by its suffix (``savefig``,
+    ``torch.save``); the result has the usual permissions (not mkstemp's 0600); a failure keeps the old file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    png = tmp_path / "sub" / "fig.png"
+    fig = plt.figure()
+    with atomic_path(png) as tmp:
+        assert tmp.parent == png.parent and tmp.suffix == ".png" and tmp.exists() and not png.exists()
+        fig.savefig(tmp)
+    plt.close(fig)
+    assert png.read_bytes().startswith(b"\x89PNG")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert png.stat().st_mode & 0o777 == 0o666 & ~umask
+    pt = tmp_path / "state.pt"
+    with atomic_path(pt) as tmp:
+        torch.save({"x": 1}, tmp)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(pt) as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert torch.load(pt) == {"x": 1}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["fig.png", "state.pt", "sub"]
+
+
+def test_data_error_names_a_line_or_a_row():
+    assert str(DataError("f.jsonl", 3, "answer", "missing")) == "f.jsonl, line 3: field 'answer': missing"
+    assert str(DataError("f.parquet", field="answer", message="missing", row=0)) == \
+        "f.parquet, row 0: field 'answer': missing"
+    assert str(DataError("f.parquet", message="unreadable")) == "f.parquet: unreadable"
+    with pytest.raises(TypeError):
+        DataError("f", 1, None, "both", row=0)
 
 
 # -- main_eval end to end on responses of known correctness -------------------------------------------------------

@@ -12,7 +12,7 @@ CORE = ["e3.allocation", "e3.temperature", "e3.curriculum", "e3.weighting", "e3.
 
 def _core_modules():
     mods = list(CORE)
-    if importlib.util.find_spec("e3.reward") is not None:  # written by another helper
+    if importlib.util.find_spec("e3.reward") is not None:
         mods.append("e3.reward")
     return mods
 
@@ -46,3 +46,14 @@ def test_the_check_detects_verl():
     # guard against a check that cannot fail: a verl submodule in sys.modules is seen (without paying verl's import)
     proc = _run(f"import sys, types; sys.modules['verl.trainer'] = types.ModuleType('verl.trainer'); {CHECK}")
     assert proc.returncode != 0 and "verl imported" in proc.stderr
+
+
+def test_local_engine_and_its_trackers_import_without_verl(tmp_path):
+    # the local engine, its Hydra-composed config and its trackers (tensorboard here) stay free of verl
+    code = ("import e3.engines.local; from e3.engines.local_config import load_config; "
+            "from e3.engines.local_tracking import Tracker; load_config('grpo'); "
+            f"t = Tracker(['console', 'tensorboard'], {str(tmp_path)!r}, 'p', None); "
+            "t.log({'step': 1, 'reward/mean': 0.5}, 1); t.close(); " + CHECK)
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -1,5 +1,6 @@
 """e3.reward: verdicts, the verl call pattern, threads / fork / spawn / daemonic callers, the time bound on a real
-slow input, and workers killed while busy or idle, a worker error, a killed zygote."""
+slow input, and workers killed while busy or idle, a worker error, a killed zygote; a crashed worker's pid reused by
+another process is never signalled."""
 
 import asyncio
 import importlib.util
@@ -14,6 +15,7 @@ import pytest
 
 import e3.reward as reward
 from e3.reward import compute_score, gold_text, reward_stats, score_batch
+from e3.reward_score import last_boxed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLACK = 1.0  # seconds allowed past the timeout (kill + reply) on a loaded 2-core machine
@@ -53,10 +55,22 @@ def test_several_boxes_in_one_paragraph_math_verify_sets_or_last_boxed():
     assert (acc(hedged, "4"), acc(hedged, "3"), acc(multi, "\\{1, 2, 3\\}")) == (0, 0, 1)  # math-verify: a set
     kw = {"last_boxed": True}
     assert (acc(hedged, "4", **kw), acc(hedged, "3", **kw), acc(multi, "\\{1, 2, 3\\}", **kw)) == (1, 0, 0)
+    assert acc("So \\boxed{3}, or rather \\boxed 4", "4", **kw) == 1  # MATH's brace-less box, one parser for both
+    assert acc("So \\boxed{3}, or rather \\boxed{4", "3", **kw) == 1  # cut at the length limit: the last complete box
+
+
+def test_last_boxed_one_parser_union_of_rules():
+    """The rules of the two parsers the project had (gold answers of MATH solutions; last-box-only responses)."""
     text = "a \\boxed{1} b \\boxed{\\frac{1}{\\{2\\}}} c \\boxed{3"  # escaped braces inside, the last box unclosed
-    assert reward.find_last_boxed(text) == "\\boxed{\\frac{1}{\\{2\\}}}"
-    assert reward.find_last_boxed("\\boxed{\\boxed{5}}") == "\\boxed{\\boxed{5}}"
-    assert reward.find_last_boxed("no box {here}") is None
+    assert last_boxed(text) == "\\frac{1}{\\{2\\}}"
+    assert last_boxed("\\boxed{\\boxed{5}}") == "\\boxed{5}"  # nested: the outermost (it closes last)
+    assert last_boxed("no box {here}") is None and last_boxed("no box") is None
+    assert last_boxed(r"\boxed{unclosed") is None and last_boxed(r"\boxed{}") == ""
+    assert last_boxed(r"so $\boxed{\frac{1}{2}}$ and then \boxed{3}") == "3"
+    assert last_boxed(r"nested \boxed{x^{2}+\{1\}}") == r"x^{2}+\{1\}"
+    assert last_boxed(r"our answer is $\boxed 2$.") == "2" and last_boxed(r"\boxed \frac12 or so") == r"\frac12"
+    assert last_boxed(r"\fbox{7}") == "7" and last_boxed(r"\boxed {4} ") == "4"
+    assert last_boxed(r"\boxed{1} then \boxed 2") == "2" and last_boxed(r"\boxed 2 then \fbox{ 3 }") == "3"
 
 
 def test_bare_ground_truth_is_wrapped():
@@ -136,7 +150,7 @@ def test_call_from_threads():
 def _fork_child(q):
     # inherits the parent's pool object: it must start its own, and clean it up at exit (atexit)
     compute_score("m", "\\boxed{1}", "1")
-    pool = reward._POOL
+    pool = reward._pool(1)
     q.put((compute_score("m", "\\boxed{12}", "12")["acc"], compute_score("m", "\\boxed{1}", "2")["acc"],
            [w.pid for w in pool.live] + [pool.zygote.proc.pid]))
 
@@ -150,7 +164,7 @@ def _spawn_child(q):
     right = mod.compute_score(data_source="m", solution_str="\\boxed{12}", ground_truth="12", extra_info={})
     wrong = mod.compute_score(data_source="m", solution_str="\\boxed{1}", ground_truth="2", extra_info={})
     threading.Thread(target=mod.compute_score, args=("m", SLOW, "5"), kwargs={"timeout": 600}, daemon=True).start()
-    pool = mod._POOL
+    pool = mod._pool(1)
     while len(pool.live) - len(pool.idle) < 1:  # wait until the slow call has its worker
         time.sleep(0.01)
     q.put((right["acc"], wrong["acc"], [w.pid for w in pool.live] + [pool.zygote.proc.pid]))
@@ -213,7 +227,7 @@ def test_slow_input_is_cut_at_the_deadline_and_counted():
 
 def test_worker_killed_while_busy_or_idle_and_worker_errors(monkeypatch):
     assert compute_score("m", "\\boxed{1}", "1", workers=2)["acc"] == 1
-    pool = reward._POOL
+    pool = reward._pool(2)
     before = reward_stats()
 
     # killed while busy (e.g. by the OOM killer): the call returns at once with 0, counted as a crash

@@ -80,6 +80,18 @@ def test_annealed_target_is_non_increasing_and_ends_at_floor():
         annealed_target(1.0, 1, 0)
 
 
+def test_target_stays_at_the_floor_past_max_steps():
+    """A run longer than max_steps keeps the annealed target eta * H_init: p is clamped to 1 (without the clamp
+    cos(pi * p) climbs back, e.g. step 140 of 100 would give H_init again)."""
+    for step in (100, 101, 120, 140, 160, 1000):
+        assert annealed_target(2.0, step, 100) == pytest.approx(1.8, abs=1e-12), step
+    s = TemperatureScheduler(QWEN_VOCAB, max_steps=10)
+    s.step(1.0)  # H_init = 1.0
+    for _ in range(25):
+        s.step(1.0)
+    assert s.target_entropy == pytest.approx(0.9, abs=1e-12)
+
+
 def test_scheduler_target_follows_annealing_through_steps():
     s = TemperatureScheduler(QWEN_VOCAB, max_steps=100, anneal_ratio=0.4, anneal_floor=0.9)
     s.step(2.0)  # H_init = 2.0

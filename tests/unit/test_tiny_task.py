@@ -82,13 +82,13 @@ def test_load_rows_accepts_jsonl_and_verl_parquet(tmp_path):
 
 
 @pytest.mark.parametrize("content,needle", [
-    ('{"prompt": "3+4="}\n', "row 0: no ground truth"),
-    ('{"prompt": "3+4=", "answer": "7"}\n{"prompt": "1+1=", "answer": ""}\n', "row 1: no ground truth"),
-    ('{"prompt": "", "answer": "7"}\n', "row 0: field 'prompt'"),
-    ('{"prompt": "3 plus 4", "answer": "7"}\n', "row 0: field 'prompt' has characters outside"),
-    ('{"prompt": "123+456=", "answer": "579"}\n', "row 0: field 'prompt' is 8 characters"),
-    ('{"prompt": "3+4=", "answer": "seven"}\n', "row 0: field 'answer'"),
-    ('{"prompt": "3+4=", "answer": "7"}\n{not json\n', "row 1: not valid JSON"),
+    ('{"prompt": "3+4="}\n', "line 1: field 'answer': no ground truth"),
+    ('{"prompt": "3+4=", "answer": "7"}\n\n{"prompt": "1+1=", "answer": ""}\n', "line 3: field 'answer': no ground"),
+    ('{"prompt": "", "answer": "7"}\n', "line 1: field 'prompt'"),
+    ('{"prompt": "3 plus 4", "answer": "7"}\n', "line 1: field 'prompt': has characters outside"),
+    ('{"prompt": "123+456=", "answer": "579"}\n', "line 1: field 'prompt': is 8 characters"),
+    ('{"prompt": "3+4=", "answer": "seven"}\n', "line 1: field 'answer'"),
+    ('{"prompt": "3+4=", "answer": "7"}\n{not json\n', "line 2: malformed JSON"),
     ('', "has no rows"),
 ])
 def test_load_rows_names_file_row_and_field(tmp_path, content, needle):
@@ -106,3 +106,11 @@ def test_load_rows_missing_and_unreadable_files(tmp_path):
     bad.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataError, match="cannot read dataset file"):
         load_rows(str(bad), CharTokenizer(), 7, 3)
+
+
+def test_load_rows_names_the_row_of_a_parquet_file(tmp_path):
+    q = tmp_path / "bad.parquet"
+    pd.DataFrame({"prompt": ["5-7=", "1+1="], "answer": ["-2", "two"]}).to_parquet(q)
+    with pytest.raises(DataError, match=r"bad\.parquet, row 1: field 'answer': 'two' is not an integer") as err:
+        load_rows(str(q), CharTokenizer(), 7, 3)
+    assert (err.value.row, err.value.line, err.value.field) == (1, None, "answer")

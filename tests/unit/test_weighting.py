@@ -48,6 +48,16 @@ def test_degenerate_batches():
         relative_entropy_weights([1.0, 2.0, 3.0], lengths=[1, 2])
 
 
+def test_negative_entropies_never_give_weights_of_the_wrong_sign():
+    """An entropy is >= 0; a negative value (bf16 rounding of logsumexp - sum p * logit, or a caller's bug) counts
+    as 0, in its weight and in the batch mean."""
+    np.testing.assert_allclose(relative_entropy_weights([-1.0, 1.0, 3.0]), [0.0, 0.75, 2.25], rtol=0, atol=1e-15)
+    # token-weighted: (1*0 + 1*1 + 2*3) / 4 = 1.75
+    w = relative_entropy_weights([-1.0, 1.0, 3.0], lengths=[1, 1, 2])
+    np.testing.assert_allclose(w, [0.0, 1 / 1.75, 3 / 1.75], rtol=0, atol=1e-15)
+    assert relative_entropy_weights([-2.0, -1.0]).tolist() == [1.0, 1.0]  # mean 0: no reweighting
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(st.floats(0.01, 20.0), st.just(float("nan"))), min_size=1, max_size=64))
 def test_unweighted_mean_of_weights_is_one(h):

@@ -1,9 +1,11 @@
-"""The verl 0.9.1 adapter (DESIGN.md section 3): E3 / PREPO as a recipe on the released verl, nothing vendored.
+"""The verl 0.9.1 adapter: E3 / PREPO as a recipe on the released verl, nothing vendored.
 
 - ``trainer``:  ``E3Trainer``, verl's v1 sync trainer carrying the E3 controller, registered as ``e3``.
 - ``rollout``:  ``E3AgentLoopManager`` / ``E3AgentLoopWorker``, verl's agent loop plus a per-prompt temperature.
 - ``rollouts``: pure helpers that turn TransferQueue rows into per-rollout arrays and back.
 - ``runner``:   ``E3TaskRunner``, verl's v1 task runner that registers our trainer inside its Ray actor.
+- ``cpu``:      verl without a GPU: the ``e3_cpu`` platform and the ``hf`` rollout backend (a verl plugin loaded with
+  ``VERL_USE_EXTERNAL_MODULES``), and the assets of the ``verl_cpu_tiny`` run.
 
 Entry point: ``python -m e3.main_train`` (hydra, config ``e3/config/e3_trainer.yaml`` and the paper runs).
 Submodules are imported on demand: importing this package does not start Ray or import verl.

@@ -22,7 +22,7 @@ def apply_prompt_temperature(prompt: dict, sampling_params: dict, validate: bool
     """Pop ``__temperature__`` from ``prompt``; return the sampling params this prompt is sampled with.
 
     Validation keeps verl's ``val_kwargs`` temperature. A non-positive or non-finite value is refused loudly:
-    a silent fallback is how the seed code ran at tau = 1 without anyone noticing.
+    a silent fallback is how the authors' code ran at tau = 1 without anyone noticing.
     """
     value = prompt.pop(TEMPERATURE_KEY, None)
     if ROLLOUT_N_KEY in prompt:  # a 0-d tensor after verl's per-prompt split; range() wants an int
@@ -35,7 +35,17 @@ def apply_prompt_temperature(prompt: dict, sampling_params: dict, validate: bool
     return {**sampling_params, "temperature": tau}
 
 
-class E3AgentLoopWorkerImpl(AgentLoopWorkerTQ.__ray_actor_class__):
+# Declared with ``@ray.remote`` on the class statement, exactly as verl declares ``AgentLoopWorkerTQ``, and not as
+# ``ray.remote(SomeImportableSubclass)``. Why it matters: Ray pickles the actor class to the worker process with
+# cloudpickle. A class whose module attribute *is* the class travels by reference (re-imported there), but every
+# method inherited from verl's ``AgentLoopWorkerTQ`` travels by value: its module attribute is the ``ActorClass``
+# wrapper, not the class, so cloudpickle rebuilds a private copy of the class for those functions, and the
+# zero-argument ``super()`` in ``AgentLoopWorkerTQ.__init__`` then names that copy, which the instance (built from
+# the re-imported class) is not a subclass of: ``TypeError: super(type, obj)``. Bound to its ActorClass like verl's,
+# our class travels by value too, in the same pickle as its base, so every ``super()`` cell names the classes the
+# instance is built from. ``tests/contract/test_verl_ray_actors.py`` builds it through Ray as verl does.
+@ray.remote
+class E3AgentLoopWorker(AgentLoopWorkerTQ.__ray_actor_class__):
     """verl's TransferQueue agent-loop worker, plus the per-prompt temperature."""
 
     async def _run_prompt(self, prompt: dict, sampling_params: dict, trajectory: dict, trace: bool = False) -> None:
@@ -43,7 +53,8 @@ class E3AgentLoopWorkerImpl(AgentLoopWorkerTQ.__ray_actor_class__):
         await super()._run_prompt(prompt, params, trajectory=trajectory, trace=trace)
 
 
-E3AgentLoopWorker = ray.remote(E3AgentLoopWorkerImpl)
+# The plain class, for constructing a worker in-process (tests that drive it without Ray).
+E3AgentLoopWorkerImpl = E3AgentLoopWorker.__ray_actor_class__
 
 
 class E3AgentLoopManager(AgentLoopManagerTQ):

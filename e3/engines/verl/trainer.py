@@ -8,15 +8,31 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   FSDP/Megatron engines divide the logits by it — so training uses the tau the step was sampled with.
 - ``_next_train_batch``: prompts (a PREPO paced window when the offline curriculum is on) plus the columns
   ``__rollout_n__`` (E3 Alg. 1 budgets, sum = B * rollout.n) and ``__temperature__`` (read by E3AgentLoopWorker;
-  rollout workers never see the driver's config).
-- ``_compute_old_log_prob``: verl reduces the token entropy over the whole batch on the driver (``actor/entropy``);
-  that one number steps the scheduler, so every rank samples with the same tau.
+  rollout workers never see the driver's config). The temperature column is float64, so the rollout samples at
+  exactly the Python float the training passes divide the logits by.
+- ``_add_prompts_to_generate`` (verl's refill, ``trainer.v1.sampler.sync_refill_failed_groups``): a prompt whose
+  rollouts all failed is evicted by verl's replay buffer and replaced by fresh prompts. The replacements share the
+  budget the evicted prompts held (E3 Alg. 1 over the replacements, total = the freed sum_i n_i), so the step still
+  spends B * rollout.n; the evicted prompt gets no difficulty record (a failed request is not a wrong answer), the
+  replacements are recorded like any prompt. A group that kept some rollouts is trained and recorded on those.
+- ``_compute_old_log_prob``: H_t for the scheduler (E3 Eq. 4) is the token mean of verl's per-token ``entropy`` field
+  over the response tokens of every real rollout of the step (verl's padding rows excluded), computed on the driver
+  whatever ``actor.loss_agg_mode`` is (verl's ``actor/entropy`` follows the loss aggregation, so under
+  ``seq-mean-token-sum`` it is a per-sequence sum). One number for the whole batch: every rank samples with one tau.
 - ``_compute_advantage``: after verl's pass (KL-in-reward, rollout correction), the GRPO advantages are recomputed
   over the unequal groups with ``e3.advantage`` (singleton -> 0), times PREPO relative-entropy weights when on;
   then ``observe`` updates difficulty and temperature.
 - ``step``: the controller's metrics join verl's (same names as the local engine); epoch end ranks difficulty.
 - ``_save_checkpoint`` / ``_load_checkpoint``: ``global_step_N/e3_controller.pt`` written atomically before verl
-  writes its ``latest_checkpointed_iteration.txt``; restored on resume.
+  writes its ``latest_checkpointed_iteration.txt``; restored on resume. With ``trainer.default_hdfs_dir`` set, the
+  file is also copied to ``<default_hdfs_dir>/global_step_N/`` with verl's ``hdfs_io`` (where verl's Megatron
+  checkpoint manager uploads the actor; its FSDP one ignores the setting), so a remote copy of a checkpoint carries
+  the controller state too.
+
+Refused in ``check_supported`` (called by ``e3.main_train``'s preflight and by the constructor, before any worker):
+``trainer.v1.sync.parameter_sync_step`` != 1, ``rollout_correction.bypass_mode`` with the scheduler or the PREPO
+weights, an ``hdfs://`` ``default_hdfs_dir`` without an ``hdfs`` client, estimators other than GRPO, ``rollout.n``
+outside the allocation bounds, and the online curriculum.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import uuid
 from numbers import Number
 
@@ -33,14 +50,17 @@ import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
+from e3.allocation_policy import resolve_policy
 from e3.config import E3Config
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
 from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
                                       scatter_to_rows)
+from e3.io import atomic_path
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import hdfs_io
 from verl.utils import tensordict_utils as tu
 from verl.utils.dataset.rl_dataset import collate_fn
 
@@ -59,16 +79,41 @@ def e3_config_from(config) -> E3Config:
 
 
 def check_supported(config, cfg: E3Config) -> None:
-    """Refuse, before any worker starts, the verl settings this adapter cannot honour."""
+    """Refuse, before any worker starts, the verl settings this adapter cannot honour (each message names the key)."""
     estimator = str(config.algorithm.adv_estimator)
     if estimator != "grpo":
         raise ValueError(f"algorithm.adv_estimator={estimator!r}: the e3 trainer computes GRPO advantages over "
                          "unequal groups; set algorithm.adv_estimator=grpo")
     corr = config.algorithm.get("rollout_correction", None)
-    if cfg.temperature.enable and corr is not None and corr.get("bypass_mode", False):
+    bypass = corr is not None and bool(corr.get("bypass_mode", False))
+    if cfg.temperature.enable and bypass:
         raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl computes "
                          "no entropy and e3.temperature cannot be scheduled; disable one of them")
+    if cfg.weighting.enable and bypass:
+        raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl writes "
+                         "no `entropy` field and the PREPO weights (e3.weighting) have no input; disable one of them")
+    sync_steps = OmegaConf.select(config, "trainer.v1.sync.parameter_sync_step", default=1)
+    if sync_steps is not None and int(sync_steps) != 1:
+        raise ValueError(f"trainer.v1.sync.parameter_sync_step={sync_steps}: verl would run that many sub-steps "
+                         "(old-log-prob pass, advantages, update) per global step, each under an already-updated "
+                         "policy, so the E3 controller would observe k times per rollout batch (annealing, epochs "
+                         "and budgets k times too fast) or step tau on entropies of policies that did not sample; "
+                         "the e3 trainer needs parameter_sync_step=1")
+    remote = OmegaConf.select(config, "trainer.default_hdfs_dir", default=None)
+    if remote is not None and str(remote).startswith("hdfs://") and shutil.which("hdfs") is None:
+        raise ValueError(f"trainer.default_hdfs_dir={remote}: no `hdfs` command on PATH, so the controller state "
+                         "(e3_controller.pt) cannot be copied there with verl's hdfs_io; install the Hadoop client, "
+                         "use a mounted path, or set trainer.default_hdfs_dir=null")
+    filter_groups = config.algorithm.get("filter_groups", None)
+    if filter_groups is not None and filter_groups.get("enable", False):
+        raise ValueError("algorithm.filter_groups.enable=true (DAPO dynamic sampling) cannot run with the e3 trainer: "
+                         "verl's replay buffer evicts zero-variance groups before the trainer sees them, so a step's "
+                         "sum of n_i depends on how many groups were dropped and their rewards never reach e3's "
+                         "difficulty records (solved and hopeless prompts would stay unranked, i.e. look hardest); "
+                         "set it to false (to spend fewer rollouts on zero-variance groups, use "
+                         "e3.allocation.policy=informative or knapsack)")
     n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
+    resolve_policy(alloc.policy)  # a bad e3.allocation.policy fails in the driver's preflight, before Ray starts
     if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
         raise ValueError(f"actor_rollout_ref.rollout.n={n} must lie in [e3.allocation.n_low, n_high] = "
                          f"[{alloc.n_low}, {alloc.n_high}]: the budgets start at n and move within those bounds")
@@ -123,14 +168,52 @@ def scalar_metrics(metrics: dict) -> dict:
     return out
 
 
+def budget_metrics(budgets) -> dict:
+    """The per-step budget metrics (same names as ``RolloutAllocator.metrics``) of the prompts a step dispatched."""
+    n = np.asarray(list(budgets), dtype=np.int64)
+    out = {"rollout/n_total": int(n.sum()), "rollout/n_hist": n.tolist()}
+    if n.size:
+        out.update({"rollout/n_alloc_min": int(n.min()), "rollout/n_alloc_max": int(n.max()),
+                    "rollout/n_alloc_std": float(n.std())})
+    return out
+
+
+def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dict] | None = None) -> float:
+    """Token mean of a jagged per-token field over the response tokens of the real rows (E3 Eq. 4's H_t).
+
+    sum over rows r not tagged ``is_padding`` and tokens t of values[r, t] * mask[r, t], divided by the number of
+    such tokens; NaN when there is none (the scheduler then keeps tau and counts an invalid entropy).
+    """
+    rows = list(zip(values.unbind(), mask.unbind()))
+    tags = tags if tags is not None else [{} for _ in rows]
+    if len(tags) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(tags)} tags")
+    total, count = 0.0, 0.0
+    for (v, m), tag in zip(rows, tags):
+        if tag.get("is_padding", False):
+            continue
+        m = m.to(torch.float64)
+        total += float((v.to(torch.float64) * m).sum())
+        count += float(m.sum())
+    return total / count if count > 0 else float("nan")
+
+
 def save_controller_state(folder: str, state: dict) -> str:
-    """Write ``folder/e3_controller.pt`` atomically (temp file + os.replace); returns the path."""
-    os.makedirs(folder, exist_ok=True)
+    """Write ``folder/e3_controller.pt`` atomically (``e3.io.atomic_path``); returns the path."""
     path = os.path.join(folder, CONTROLLER_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
+
+
+def copy_to_remote(path: str, remote_folder: str) -> str:
+    """Copy a written controller file into ``remote_folder`` (``hdfs://`` or a mounted path) with verl's hdfs_io,
+    as verl's Megatron checkpoint manager uploads the actor; a failed copy raises (the backup would be incomplete)."""
+    hdfs_io.makedirs(remote_folder, exist_ok=True)
+    target = os.path.join(remote_folder, os.path.basename(path))
+    if hdfs_io.copy(path, target) is False:
+        raise RuntimeError(f"trainer.default_hdfs_dir: copying {path} to {target} failed")
+    return target
 
 
 def load_controller_state(folder: str) -> dict:
@@ -158,6 +241,9 @@ class E3Trainer(PPOTrainerSync):
         self._row_of: dict[int, int] = {}
         self._step_entropy = float("nan")
         self._e3_metrics: dict = {}
+        self._budgets: dict[str, int] = {}  # uid -> n_i of the prompts dispatched in this step (refills included)
+        self._refilled = 0
+        self._refill_total: int | None = None
         super().__init__(config)
 
     # verl branches on ``trainer_mode == "sync"`` (replay buffer, refill, TransferQueue checkpoints). The registry
@@ -191,16 +277,43 @@ class E3Trainer(PPOTrainerSync):
         super().on_step_begin()
         self.config.actor_rollout_ref.rollout.temperature = float(self.controller.temperature)
 
+    def prepare_step(self) -> dict:
+        self._budgets, self._refilled = {}, 0
+        return super().prepare_step()
+
     def _next_train_batch(self, num_prompts: int | None = None) -> TensorDict:
         if self.pacer is None:
             batch = super()._next_train_batch(num_prompts)
         else:
             batch = self._paced_batch(num_prompts or int(self.config.data.train_batch_size))
         indices = np.asarray([int(i) for i in batch["index"]], dtype=np.int64)
-        plan = self.controller.plan(indices, total=len(indices) * int(self.config.actor_rollout_ref.rollout.n))
+        total = self._refill_total or len(indices) * int(self.config.actor_rollout_ref.rollout.n)
+        plan = self.controller.plan(indices, total=total)
         batch[ROLLOUT_N_KEY] = torch.as_tensor(plan.n_per_prompt, dtype=torch.int64)
-        batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float32)
+        # float64: the worker's float() gives back exactly the tau the training passes use (float32 would not)
+        batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float64)
+        self._budgets.update(zip((str(u) for u in batch["uid"]), plan.n_per_prompt.tolist()))
         return batch
+
+    def _add_prompts_to_generate(self, num_prompts: int) -> int:
+        """verl's refill (failed groups; DAPO's filter): replacements inherit the budget of the evicted prompts.
+
+        The evicted prompts are this step's dispatched prompts whose keys verl's replay buffer has cleared from
+        TransferQueue. When their freed budget fits ``num_prompts`` replacements within the current bounds
+        [n_min, n_max], E3 Alg. 1 splits it over them (one replacement gets exactly the evicted prompt's n_i);
+        otherwise (e.g. DAPO asking for twice the evicted count) the replacements are planned as a fresh batch.
+        """
+        live = (tq.kv_list("train") or {}).get("train", {})
+        evicted = [uid for uid in self._budgets if uid not in live]
+        freed = sum(self._budgets.pop(uid) for uid in evicted)
+        schedule = self.controller.allocator.schedule
+        fits = num_prompts * schedule.n_min <= freed <= num_prompts * schedule.n_max
+        self._refill_total = freed if fits else None
+        self._refilled += int(num_prompts)
+        try:
+            return super()._add_prompts_to_generate(num_prompts)
+        finally:
+            self._refill_total = None
 
     def _paced_batch(self, num_prompts: int) -> TensorDict:
         """PREPO offline curriculum: the prompts of the paced window (dataset scored once, sorted by perplexity)."""
@@ -215,7 +328,13 @@ class E3Trainer(PPOTrainerSync):
     # ------------------------------------------------------------------ observations
     def _compute_old_log_prob(self, batch, metrics: dict):
         batch = super()._compute_old_log_prob(batch, metrics)
-        self._step_entropy = float(metrics.get("actor/entropy", float("nan")))
+        corr = self.config.algorithm.get("rollout_correction", None)
+        if corr is not None and corr.get("bypass_mode", False):  # no old-log-prob pass: no entropy field
+            self._step_entropy = float("nan")
+            return batch
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=["entropy", "response_mask"])
+        self._step_entropy = response_token_mean(data["entropy"], data["response_mask"], batch.tags)
         return batch
 
     def _compute_advantage(self, batch, metrics: dict):
@@ -239,6 +358,9 @@ class E3Trainer(PPOTrainerSync):
 
         adv = self.controller.advantages(adv_scores, indices, entropies=entropies, lengths=lengths)
         self._e3_metrics = self.controller.observe(indices, scores, self._step_entropy)
+        if self._refilled:  # the allocator's last plan is the refill's; report the whole step's budgets
+            self._e3_metrics.update(budget_metrics(self._budgets.values()))
+        self._e3_metrics["rollout/refilled_prompts"] = self._refilled
 
         per_row = broadcast_to_tokens(scatter_to_rows(adv, sessions), mask)
         out = TensorDict({"advantages": per_row, "returns": per_row.clone()}, batch_size=len(batch))
@@ -278,8 +400,12 @@ class E3Trainer(PPOTrainerSync):
             self.pacer.load_state_dict(state["pacer"])
 
     def _save_checkpoint(self):
-        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        save_controller_state(folder, self.e3_state_dict())
+        step_dir = f"global_step_{self.global_steps}"
+        path = save_controller_state(os.path.join(self.config.trainer.default_local_dir, step_dir),
+                                     self.e3_state_dict())
+        remote_root = self.config.trainer.get("default_hdfs_dir", None)
+        if remote_root is not None:
+            copy_to_remote(path, os.path.join(str(remote_root), step_dir))
         super()._save_checkpoint()
 
     def _load_checkpoint(self):

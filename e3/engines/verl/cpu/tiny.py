@@ -1,0 +1,257 @@
+"""The ``verl_cpu_tiny`` run's assets: a tiny model, its tokenizer and the arithmetic task as verl parquet, cached.
+
+Everything is built locally (no hub): the local engine's graded arithmetic (``e3.engines.tiny_task``: problems such
+as ``"47-8="`` with an exact integer answer, split by a stable hash into demonstration / RL / validation pools), its
+16-symbol character vocabulary as a transformers tokenizer (chat template = the problem text, so verl's
+``RLHFDataset`` gives the model exactly the problem), and a Llama built from a config (``e3.engines.tiny_model``).
+A random model never answers right, and with all-zero rewards GRPO has no gradient, so the model is warm-started
+with a short supervised pass over the *demonstration* pool (prompt, answer, eos; loss on the answer); RL then runs
+on the disjoint RL pool, where the warm-started model is right on some samples and wrong on others.
+
+``prepare(options)`` builds all of it once under ``cache_dir`` (default ``~/.cache/e3/verl_cpu_tiny``; each folder
+written under a temporary name, then renamed): ``model-<hash>/`` (transformers format with the tokenizer, keyed by
+what determines the warm start) and ``data-<hash>/{train,val}.parquet`` (verl rows with ``extra_info.index``,
+keyed by all options). ``prepare_run`` fills a composed config's ``cpu_tiny`` folders; ``summary`` reads a run's
+``metrics.jsonl``. ``compute_score`` is the task's verifier with verl's reward signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from e3.engines.tiny_task import CharTokenizer, build_pools, sample_rows, score
+
+DATA_SOURCE = "e3_tiny_arith"
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+DEFAULTS = {
+    "seed": 0,
+    "levels": ["2d+-1d"],
+    "val_fraction": 0.2,
+    "demo_fraction": 0.3,
+    "train_size": 512,
+    "val_size": 64,
+    "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 256},
+    "warm_start": {"steps": 300, "batch_size": 128, "lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 20},
+    "threads": 1,  # torch threads of the warm start (2 threads on 2 shared cores ran ~15x slower per step here)
+    "cache_dir": None,
+}
+FORMAT = 1
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
+    """verl reward: 1.0 when the decoded response is exactly the answer (``e3.engines.tiny_task.score``)."""
+    value = score(str(solution_str).strip(), str(ground_truth).strip())
+    return {"score": value, "acc": int(value)}
+
+
+def hf_tokenizer():
+    """The task's character vocabulary as a transformers fast tokenizer that decodes without spaces."""
+    from tokenizers import decoders
+
+    tok = CharTokenizer().to_hf()
+    tok.backend_tokenizer.decoder = decoders.Fuse()
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def resolve(options: dict | None) -> dict:
+    """``DEFAULTS`` overlaid with ``options``; an unknown key is an error naming it."""
+    options = dict(options or {})
+    out = json.loads(json.dumps(DEFAULTS))
+    for key, value in options.items():
+        if key not in out:
+            raise ValueError(f"cpu_tiny.{key}: unknown option (known: {sorted(out)})")
+        if isinstance(out[key], dict):
+            value = dict(value or {})
+            unknown = sorted(set(value) - set(out[key]))
+            if unknown:
+                raise ValueError(f"cpu_tiny.{key}: unknown option(s) {unknown} (known: {sorted(out[key])})")
+            out[key].update(value)
+        else:
+            out[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def _key(opts: dict) -> str:
+    payload = {k: v for k, v in opts.items() if k not in ("cache_dir", "threads")}
+    return hashlib.sha256(json.dumps({"format": FORMAT, **payload}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _rows(rows: list[dict], split: str, start: int) -> list[dict]:
+    from e3.data import make_row
+
+    return [make_row(r["prompt"], r["answer"], data_source=DATA_SOURCE, split=split, index=start + i,
+                     instruction=None, ability="arithmetic", extra={"level": int(r["level"])})
+            for i, r in enumerate(rows)]
+
+
+def warm_start(model, tok: CharTokenizer, rows: list[dict], ws: dict, seed: int) -> dict:
+    """Supervised pass over demonstrations in verl's layout (unpadded prompt, answer, eos; loss on answer + eos)."""
+    seqs = [tok.encode(r["prompt"]) + tok.encode(r["answer"]) + [tok.eos_id] for r in rows]
+    starts = [len(r["prompt"]) for r in rows]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, p) in enumerate(zip(seqs, starts)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, p: len(s)] = torch.tensor(s[p:])
+    steps, bs = int(ws["steps"]), int(ws["batch_size"])
+    lr, min_lr, warm = float(ws["lr"]), float(ws["min_lr"]), int(ws["warmup_steps"])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    gen = np.random.default_rng(seed + 7919)
+    model.train()
+    t0, loss_ema = time.time(), float("nan")
+    for step in range(steps):
+        frac = step / max(1, steps - 1)
+        cur = lr * (step + 1) / warm if step < warm else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        pick = torch.from_numpy(gen.integers(0, len(seqs), size=bs))
+        loss = model(input_ids=ids[pick], attention_mask=mask[pick], labels=labels[pick]).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss_ema = loss.item() if step == 0 else 0.95 * loss_ema + 0.05 * loss.item()
+    model.eval()
+    return {"seconds": round(time.time() - t0, 2), "loss": round(loss_ema, 4), "steps": steps}
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tok: CharTokenizer, rows: list[dict], max_new: int = 5) -> float:
+    """Share of ``rows`` the model answers exactly, greedy, one prompt at a time (as verl's validation sees it)."""
+    right = 0
+    for r in rows:
+        ids = torch.tensor([tok.encode(r["prompt"])])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        right += score(tok.decode(out[0, ids.size(1):].tolist()), r["answer"]) == 1.0
+    return right / max(1, len(rows))
+
+
+def prepare(options: dict | None = None, log=print) -> tuple[str, str]:
+    """Build (or find cached) the warm-started model with its tokenizer, and the parquet files.
+
+    Returns ``(model_dir, data_dir)``. The model is keyed by what determines it (task split, model, warm start), the
+    data by everything, so drawing a different number of prompts reuses the warm start.
+    """
+    from e3.data import write_rows
+    from e3.engines.tiny_model import build_model
+
+    opts = resolve(options)
+    cache = os.path.expanduser(opts["cache_dir"] or os.path.join("~", ".cache", "e3", "verl_cpu_tiny"))
+    seed, levels = int(opts["seed"]), list(opts["levels"])
+    pools = build_pools(levels, seed, float(opts["val_fraction"]), float(opts["demo_fraction"]))
+    gen = np.random.default_rng(seed)
+    train = sample_rows(pools["rl"], len(levels), int(opts["train_size"]), gen)
+    val = sample_rows(pools["val"], len(levels), int(opts["val_size"]), gen)
+
+    model_key = {k: opts[k] for k in ("seed", "levels", "val_fraction", "demo_fraction", "model", "warm_start")}
+    model_dir = os.path.join(cache, f"model-{_key(model_key)}")
+    if not os.path.isfile(os.path.join(model_dir, "warm_start.json")):
+        char_tok = CharTokenizer()
+        longest = max(len(r["prompt"]) + len(r["answer"]) for r in pools["demo"] + pools["rl"] + pools["val"]) + 2
+        model = build_model(opts["model"], char_tok.vocab_size, max_len=max(32, longest), seed=seed)
+        log(f"[verl_cpu_tiny] warm start: {opts['warm_start']['steps']} supervised steps on "
+            f"{len(pools['demo'])} demonstrations ({sum(p.numel() for p in model.parameters()):,} parameters)")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(int(opts["threads"]))
+        try:
+            stats = warm_start(model, char_tok, pools["demo"], opts["warm_start"], seed)
+            stats["greedy_accuracy_val"] = round(greedy_accuracy(model, char_tok, val), 4)
+        finally:
+            torch.set_num_threads(threads)
+        log(f"[verl_cpu_tiny] warm start done in {stats['seconds']} s, loss {stats['loss']}, greedy accuracy on "
+            f"held-out problems {stats['greedy_accuracy_val']}")
+        model.config.use_cache = True
+        tmp = f"{model_dir}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        hf_tokenizer().save_pretrained(tmp)
+        with open(os.path.join(tmp, "warm_start.json"), "w", encoding="utf-8") as fh:
+            json.dump({"options": model_key, **stats}, fh, indent=1)
+        _publish(tmp, model_dir)
+
+    data_dir = os.path.join(cache, f"data-{_key(opts)}")
+    if not os.path.isfile(os.path.join(data_dir, "val.parquet")):
+        tmp = f"{data_dir}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        write_rows(_rows(train, "train", 0), os.path.join(tmp, "train.parquet"))
+        write_rows(_rows(val, "val", len(train)), os.path.join(tmp, "val.parquet"))
+        _publish(tmp, data_dir)
+    return model_dir, data_dir
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Rename a finished folder into place; if another process got there first, keep its copy."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_run(config) -> str:
+    """Fill ``cpu_tiny.model_dir`` / ``data_dir`` (built or cached) and ``run_dir`` of a composed config."""
+    from omegaconf import OmegaConf, open_dict
+
+    section = config.cpu_tiny
+    options = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+               for k, v in section.items() if k not in ("model_dir", "data_dir", "run_dir")}
+    model_dir, data_dir = prepare(options)
+    run_dir = section.get("run_dir") or os.path.join("outputs", "verl_cpu_tiny", time.strftime("%Y%m%d-%H%M%S"))
+    run_dir = os.path.abspath(os.path.expanduser(str(run_dir)))
+    os.makedirs(run_dir, exist_ok=True)
+    with open_dict(config):
+        section.model_dir, section.data_dir, section.run_dir = model_dir, data_dir, run_dir
+    return run_dir
+
+
+def read_metrics(path: str) -> dict[int, dict]:
+    """verl's file logger output (one ``{"step", "data"}`` line per log call) merged per step."""
+    steps: dict[int, dict] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    steps.setdefault(int(rec["step"]), {}).update(rec["data"])
+    return steps
+
+
+def summary(run_dir: str) -> str:
+    """A few lines on the run: steps, reward, tau, entropy, budgets, validation accuracy, where things are."""
+    steps = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
+    train = {s: m for s, m in steps.items() if "rollout/n_total" in m}
+    lines = [f"verl_cpu_tiny run: {run_dir}"]
+    if not train:
+        return "\n".join(lines + ["  no training step was logged (see the console output above)"])
+    first, last = train[min(train)], train[max(train)]
+    taus = [m["rollout/temperature"] for m in train.values()]
+    n_min = min(m["rollout/n_min"] for m in train.values())
+    n_max = max(m["rollout/n_max"] for m in train.values())
+    val = {s: m["val/accuracy"] for s, m in sorted(steps.items()) if "val/accuracy" in m}
+    lines += [
+        f"  steps {min(train)}-{max(train)}; reward/mean {first['reward/mean']:.3f} -> {last['reward/mean']:.3f}",
+        f"  tau {min(taus):.3f}-{max(taus):.3f} (last {taus[-1]:.3f}); entropy {first['rollout/entropy']:.3f} -> "
+        f"{last['rollout/entropy']:.3f} (target {last['rollout/target_entropy']:.3f})",
+        f"  n_i in [{n_min}, {n_max}], sum {int(last['rollout/n_total'])} per step; all-wrong groups "
+        f"{first['groups/all_wrong']:.2f} -> {last['groups/all_wrong']:.2f}",
+    ]
+    if val:
+        lines.append("  val accuracy (greedy): " + ", ".join(f"step {s}: {a:.3f}" for s, a in val.items()))
+    timing = [m.get("timing_s/step") for m in train.values() if m.get("timing_s/step") is not None]
+    if timing:
+        lines.append(f"  step time {np.median(timing):.2f} s (median of {len(timing)})")
+    lines.append(f"  metrics.jsonl, requests.jsonl and checkpoints/ in {run_dir}")
+    return "\n".join(lines)
