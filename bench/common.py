@@ -48,6 +48,27 @@ def config_path(name: str) -> str:
     return str(CONFIG_DIR / CONFIGS[name][0])
 
 
+# task -> base config file under configs/local; an overlay's own keys (its ``defaults`` line dropped) go on top
+TASKS = {"arithmetic": "default.yaml", "chain": "chain.yaml"}
+
+
+def compose(name: str, task: str, overrides: list[str]):
+    """The validated config of configuration ``name`` on ``task``: the task's base file (with its defaults), the
+    overlay's own keys, the configuration's extra overrides, then ``overrides``. On the arithmetic task this is
+    exactly ``load_config(config_path(name), overrides + extra)``."""
+    from omegaconf import OmegaConf
+
+    from e3.engines.local_config import from_any, load_config
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    cfg = load_config(str(CONFIG_DIR / TASKS[task]))
+    own = OmegaConf.load(config_path(name))
+    own.pop("defaults", None)
+    cfg = OmegaConf.merge(cfg, own, OmegaConf.from_dotlist([*overrides, *CONFIGS[name][1]]))
+    return from_any(cfg)
+
+
 def run_overrides(quick: list[str] | None, steps: int, val_every: int) -> list[str]:
     """Dotted overrides for every run of a bench: the ``quick`` (CI-sized) ones, or the run length; then no plots,
     one torch thread, no intermediate checkpoints."""

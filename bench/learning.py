@@ -13,12 +13,23 @@ Rollouts to a target = first crossing of the validation curve, linearly interpol
 ratio = GRPO's rollouts to the same target / the configuration's (> 1: fewer rollouts than GRPO). Not reached within
 the budget counts as not reached (reported, left out of the mean).
 
+pass@k (``val.pass_k``, k <= ``val.n_samples``; e.g. ``val.n_samples=64`` for k up to 64): every validation logs
+the unbiased ``val/pass@K`` with its standard error over problems; the bench prints pass@1 and the largest pass@k
+at the start (warm start) and the end of every configuration (mean ± s.e. over seeds, the paired change, how many
+seeds end below the start, the difference to GRPO on the same seed), one line per run with the paired change ±
+its s.e. over problems, and draws ``pass_at_k.png`` (start vs end, and the change, per k),
+``entropy_temperature_all_wrong.png`` and ``pass_at_k_vs_rollouts.png``.
+
+Tasks: ``--task arithmetic`` (``configs/local/default.yaml``) or ``--task chain`` (``configs/local/chain.yaml``, the
+scratchpad task built so that GRPO narrows the policy); each configuration's overlay goes on top of the task's file.
+
 Control: continued supervised training from the same warm start on the same (noisy) demonstrations, at equal
 forward+backward work: as many optimizer steps as the RL runs, each on 256 sequences of the same length
 (an RL step backpropagates through 256 rollouts; it also pays for generation, which the control does not). Learning
 rate = the warm start's final one (``warm_start.min_lr``), constant; evaluated like the RL runs.
 
-``python bench/learning.py [--quick] [--seeds 3] [--configs grpo e3 ...] [--steps 150] [--jobs 2] [--out DIR]``
+``python bench/learning.py [--quick] [--task chain] [--seeds 3] [--configs grpo e3 ...] [--steps 150] [--jobs 2]
+[--out DIR] [key=value ...]``
 """
 
 from __future__ import annotations
@@ -38,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (CONFIGS, config_path, curve, fmt, machine, rollouts_to_target, run_overrides,  # noqa: E402
-                          run_phases, spread, table, write_json_atomic)
+from bench.common import (CONFIGS, TASKS, compose, curve, fmt, machine, rollouts_to_target,  # noqa: E402
+                          run_overrides, run_phases, spread, table, write_json_atomic)
 from e3.io import atomic_write_jsonl  # noqa: E402
 
 DEFAULT_CONFIGS = ["grpo", "e3", "prepo", "e3_prepo", "informative"]
@@ -49,37 +60,39 @@ def settings(args) -> list[str]:
     """Dotted overrides shared by every run of this invocation (and the control)."""
     quick = ["trainer.total_steps=6", "trainer.val_every=3", "task.val_size=90", "val.n_samples=2",
              "val.greedy=false", "rollout.batch_size=16", "warm_start.steps=20", "task.train_size=256"]
+    if args.task != "arithmetic":
+        quick += ["val.n_samples=4", "task.report_samples=2"]
     ov = run_overrides(quick if args.quick else None, args.steps, args.val_every)
     if args.warm_start_cache:
         ov.append(f"warm_start.cache_dir={args.warm_start_cache}")
     return ov + list(args.override or [])
 
 
-def run_config(name: str, seed: int, run_dir: str, overrides: list[str]) -> dict:
+def run_config(name: str, seed: int, run_dir: str, overrides: list[str], task: str = "arithmetic") -> dict:
     """One local-engine run (fresh run directory); returns its metrics and wall time."""
     from e3.engines.local import run
 
     t0 = time.perf_counter()
-    extra = CONFIGS[name][1]
-    res = run(config_path(name), run_dir=run_dir, overrides=[f"seed={seed}", *overrides, *extra], quiet=True)
+    res = run(compose(name, task, [f"seed={seed}", *overrides]), run_dir=run_dir, quiet=True)
     return {"name": name, "seed": seed, "run_dir": res.run_dir, "metrics": res.metrics,
             "seconds": time.perf_counter() - t0}
 
 
-def run_job(kind: str, name: str, seed: int, run_dir: str, overrides: list[str]) -> dict:
+def run_job(kind: str, name: str, seed: int, run_dir: str, overrides: list[str], task: str = "arithmetic") -> dict:
     """One run of the bench (a process-pool task): an RL configuration or the supervised control."""
-    return run_config(name, seed, run_dir, overrides) if kind == "rl" else run_sft_control(seed, run_dir, overrides)
+    if kind == "rl":
+        return run_config(name, seed, run_dir, overrides, task)
+    return run_sft_control(seed, run_dir, overrides, task)
 
 
-def run_sft_control(seed: int, run_dir: str, overrides: list[str]) -> dict:
+def run_sft_control(seed: int, run_dir: str, overrides: list[str], task: str = "arithmetic") -> dict:
     """Continued supervised training from the seed's warm start, evaluated like the RL runs (see module doc)."""
     from omegaconf import OmegaConf
 
     from e3.engines.local import LocalEngine, evaluate
-    from e3.engines.local_config import load_config
     from e3.engines.tiny_model import warm_start
 
-    cfg = load_config(config_path("grpo"), [f"seed={seed}", *overrides])
+    cfg = compose("grpo", task, [f"seed={seed}", *overrides])
     os.makedirs(run_dir, exist_ok=True)
     eng = LocalEngine(cfg, run_dir, quiet=True)
     t0 = time.perf_counter()
@@ -93,7 +106,7 @@ def run_sft_control(seed: int, run_dir: str, overrides: list[str]) -> dict:
 
     def val(step):
         m, per = evaluate(eng.model, eng.tok, eng.val_rows, cfg, eng.device, cfg.seed * 1_000_003 + step,
-                          base or None)
+                          base or None, score_fn=eng.score)
         if step == 0:
             base.update(per)
         done = points[-1]["step"] if points else 0
@@ -172,6 +185,9 @@ def analyse(runs: list[dict], configs: list[str], seeds: list[int]) -> dict:
                 row["all_wrong"] = float(np.mean([m["groups/all_wrong"] for m in train]))
                 row["all_correct"] = float(np.mean([m["groups/all_correct"] for m in train]))
                 row["step_seconds"] = float(np.median([m["time/step"] for m in train]))
+                row["curves"] = {key.split("/")[-1]: [float(m[key]) for m in train]
+                                 for key in ("rollout/entropy", "rollout/temperature", "groups/all_wrong")}
+            row.update(pass_k_points(r["metrics"]))
             if s in targets:
                 g = by[("grpo", s)]
                 _, gx, gy = curve(g["metrics"])
@@ -188,8 +204,118 @@ def analyse(runs: list[dict], configs: list[str], seeds: list[int]) -> dict:
                 ("final", "gain", "informative_rollouts", "all_wrong", "all_correct", "step_seconds",
                  "rollouts_to_full", "rollouts_to_half", "ratio_full", "ratio_half")}
         summ["seeds"] = len(rows)
+        summ["pass_k"] = pass_k_summary(rows, out["per_run"].get("grpo", []))
+        if all("curves" in r for r in rows):
+            summ["entropy_first10"] = spread([np.mean(r["curves"]["entropy"][:10]) for r in rows])
+            summ["entropy_last10"] = spread([np.mean(r["curves"]["entropy"][-10:]) for r in rows])
         out["summary"][name] = summ
     return out
+
+
+def pass_k_points(metrics: list[dict]) -> dict:
+    """pass@k at every validation of a run: {"pass_k": {k: {start, end, delta, delta_stderr, curve}}}."""
+    vals = [m for m in metrics if "val/accuracy" in m]
+    ks = sorted(int(k.split("@")[1]) for k in vals[0] if re.fullmatch(r"val/pass@\d+", k)) if vals else []
+    if not ks:
+        return {}
+    out = {}
+    for k in ks:
+        key = f"val/pass@{k}"
+        first, last = vals[0], vals[-1]
+        out[k] = {"start": float(first[key]), "end": float(last[key]),
+                  "start_stderr": float(first[f"{key}_stderr"]), "end_stderr": float(last[f"{key}_stderr"]),
+                  "delta": float(last.get(f"{key}_delta", last[key] - first[key])),
+                  "delta_stderr": float(last.get(f"{key}_delta_stderr", math.nan)),
+                  "curve": [float(v[key]) for v in vals]}
+    return {"pass_k": out}
+
+
+def read_levels(run_dir: str) -> list:
+    """``task.levels`` of a run, from the config.yaml the engine saved in its run directory."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / "config.yaml"
+    return list(OmegaConf.load(path).task.levels) if path.is_file() else []
+
+
+def mean_se(values) -> dict:
+    """Mean over seeds with its standard error (sample std / sqrt(seeds))."""
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return {"mean": math.nan, "se": math.nan, "n": 0}
+    return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan,
+            "n": int(v.size)}
+
+
+def pass_k_summary(rows: list[dict], grpo_rows: list[dict]) -> dict:
+    """Per k: start, end and paired change (mean ± s.e. over seeds), seeds whose end is below the start, the
+    problem-sampling s.e. of the mean change, and the end minus GRPO's end on the same seed."""
+    rows = [r for r in rows if "pass_k" in r]
+    if not rows:
+        return {}
+    grpo = {g["seed"]: g for g in grpo_rows if "pass_k" in g}
+    out = {}
+    for k in rows[0]["pass_k"]:
+        pk = [r["pass_k"][k] for r in rows if k in r["pass_k"]]
+        vs = [r["pass_k"][k]["end"] - grpo[r["seed"]]["pass_k"][k]["end"] for r in rows
+              if r["seed"] in grpo and k in grpo[r["seed"]]["pass_k"]]
+        out[k] = {"start": mean_se([p["start"] for p in pk]), "end": mean_se([p["end"] for p in pk]),
+                  "delta": mean_se([p["delta"] for p in pk]),
+                  "delta_problem_se": float(math.sqrt(sum(p["delta_stderr"] ** 2 for p in pk)) / len(pk)),
+                  "seeds_below_start": int(sum(p["delta"] < 0 for p in pk)), "seeds": len(pk),
+                  "end_minus_grpo": mean_se(vs)}
+    return out
+
+
+def ms(d: dict, digits: int = 3, sign: bool = False) -> str:
+    if not d or d.get("n", 0) == 0 or not math.isfinite(d["mean"]):
+        return "-"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f.format(d["mean"]) + ("" if not math.isfinite(d["se"]) else f" ± {d['se']:.{digits}f}")
+
+
+def report_pass_k(res: dict) -> str:
+    """pass@1 and the largest pass@k at the start and the end of every configuration (mean ± s.e. over seeds)."""
+    s = res["summary"]
+    ks = sorted({int(k) for m in s.values() for k in m.get("pass_k", {})})
+    if not ks:
+        return ""
+    big = ks[-1]
+    header = ["config", "seeds", "pass@1 start", "pass@1 end", "Δ pass@1", f"pass@{big} start", f"pass@{big} end",
+              f"Δ pass@{big}", f"seeds Δpass@{big}<0", "pass@1 − GRPO", f"pass@{big} − GRPO", "entropy first→last 10",
+              "all-wrong groups", "rollouts to GRPO-final pass@1", "x GRPO"]
+    rows = []
+    for name, m in s.items():
+        p = {int(k): v for k, v in m.get("pass_k", {}).items()}
+        if 1 not in p or big not in p:
+            continue
+        ent = (f"{m['entropy_first10']['mean']:.3f}→{m['entropy_last10']['mean']:.3f}"
+               if "entropy_first10" in m else "-")
+        need = m["rollouts_to_full"]
+        rows.append([name, m["seeds"], ms(p[1]["start"]), ms(p[1]["end"]), ms(p[1]["delta"], sign=True),
+                     ms(p[big]["start"]), ms(p[big]["end"]), ms(p[big]["delta"], sign=True),
+                     f"{p[big]['seeds_below_start']}/{p[big]['seeds']}",
+                     ms(p[1]["end_minus_grpo"], sign=True) if name != "grpo" else "-",
+                     ms(p[big]["end_minus_grpo"], sign=True) if name != "grpo" else "-", ent,
+                     fmt(m["all_wrong"]), "not reached" if need["n"] == 0 and need.get("n_inf") else fmt(need, 0),
+                     fmt(m["ratio_full"], 2)])
+    return table(header, rows)
+
+
+def report_pass_k_per_seed(res: dict) -> str:
+    """Per run: pass@1 and the largest pass@k start -> end with the paired change ± its s.e. over problems."""
+    lines = []
+    for name, rows in res["per_run"].items():
+        for r in rows:
+            if "pass_k" not in r:
+                continue
+            ks = sorted(int(k) for k in r["pass_k"])
+            parts = []
+            for k in (ks[0], ks[-1]):
+                p = r["pass_k"][k] if k in r["pass_k"] else r["pass_k"][str(k)]
+                parts.append(f"pass@{k} {p['start']:.4f} -> {p['end']:.4f} ({p['delta']:+.4f} ± {p['delta_stderr']:.4f})")
+            lines.append(f"  {name:<16} seed {r['seed']}: " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def report(res: dict) -> str:
@@ -239,11 +365,97 @@ def figure(res: dict, path: str) -> str | None:
     return path
 
 
+def figures_pass_k(res: dict, out: Path) -> list[str]:
+    """pass@k of the start vs the end, entropy, pass@1 / pass@K vs rollouts and all-wrong groups per configuration
+    (mean over seeds). Returns the paths written (none without matplotlib or pass@k metrics)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    from e3.plots import smooth
+
+    per = {n: [r for r in rows if "pass_k" in r] for n, rows in res["per_run"].items()}
+    per = {n: rows for n, rows in per.items() if rows}
+    if not per:
+        return []
+    paths = []
+    ks = sorted(int(k) for k in next(iter(per.values()))[0]["pass_k"])
+    big = ks[-1]
+
+    def pk(r, k):
+        return r["pass_k"][k] if k in r["pass_k"] else r["pass_k"][str(k)]
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    start = np.mean([[pk(r, k)["start"] for k in ks] for rows in per.values() for r in rows], axis=0)
+    a1.plot(ks, start, "k--", marker="s", ms=4, label="start (warm start)")
+    for name, rows in per.items():
+        end = np.mean([[pk(r, k)["end"] for k in ks] for r in rows], axis=0)
+        delta = np.array([[pk(r, k)["delta"] for k in ks] for r in rows])
+        a1.plot(ks, end, marker="o", ms=3, label=f"{name} (end)")
+        line, = a2.plot(ks, delta.mean(0), marker="o", ms=3, label=name)
+        if len(rows) > 1:
+            se = delta.std(0, ddof=1) / math.sqrt(len(rows))
+            a2.fill_between(ks, delta.mean(0) - se, delta.mean(0) + se, color=line.get_color(), alpha=0.12)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k")
+        ax.grid(alpha=0.3)
+    a1.set(ylabel="pass@k (held-out problems)", title="pass@k at the start and the end (mean over seeds)")
+    a2.axhline(0, color="gray", lw=0.8)
+    a2.set(ylabel="end − start", title="change of pass@k (band: ± s.e. over seeds)")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(str(out / "pass_at_k.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for name, rows in per.items():
+        for ax, key in zip(axes, ("entropy", "temperature", "all_wrong")):
+            if not all("curves" in r for r in rows):
+                continue
+            n = min(len(r["curves"][key]) for r in rows)
+            y = np.mean([r["curves"][key][:n] for r in rows], axis=0)
+            ax.plot(np.arange(1, n + 1), smooth(y, 10), label=name)
+    for ax, lab in zip(axes, ("rollout entropy (nats/token)", "sampling temperature", "all-wrong share of groups")):
+        ax.set(xlabel="step", ylabel=lab, title=f"{lab} (mean over seeds, 10-step average)")
+        ax.grid(alpha=0.3)
+        ax.title.set_fontsize(9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(str(out / "entropy_temperature_all_wrong.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, rows in per.items():
+        n = min(len(r["rollouts"]) for r in rows)
+        x = np.array(rows[0]["rollouts"][:n])
+        for ax, k in zip(axes, (1, big)):
+            ax.plot(x, np.mean([pk(r, k)["curve"][:n] for r in rows], axis=0), marker="o", ms=3, label=name)
+    for ax, k in zip(axes, (1, big)):
+        ax.set(xlabel="cumulative rollouts", ylabel=f"pass@{k}", title=f"held-out pass@{k} (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(str(out / "pass_at_k_vs_rollouts.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized run (1 seed, 6 steps, tiny warm start)")
     ap.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default 3; 1 with --quick)")
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
+    ap.add_argument("--task", default="arithmetic", choices=list(TASKS),
+                    help="embedded task: arithmetic (configs/local/default.yaml) or chain (configs/local/chain.yaml)")
     ap.add_argument("--steps", type=int, default=150, help="RL steps per run (256 rollouts per step)")
     ap.add_argument("--val-every", type=int, default=25)
     ap.add_argument("--no-control", action="store_true", help="skip the supervised-training control")
@@ -281,17 +493,30 @@ def main(argv=None) -> int:
               f" x seeds {seeds}; overrides {' '.join(overrides)}", flush=True)
 
     # warm starts first (one per seed, cached by the engine) so parallel jobs do not train the same one twice
-    phases = [[(*j, str(runs_dir / f"{j[1]}-seed{j[2]}"), overrides) for j in jobs if (j[1] == "grpo") == first]
-              for first in (True, False)]
+    phases = [[(*j, str(runs_dir / f"{j[1]}-seed{j[2]}"), overrides, args.task) for j in jobs
+               if (j[1] == "grpo") == first] for first in (True, False)]
     runs += run_phases(run_job, phases, args.jobs,
                        lambda r: print(f"  done {r['name']} seed {r['seed']} in {r['seconds']:.0f} s", flush=True))
     res = analyse(runs, args.configs, seeds)
     res.update({"command": " ".join(["python", "bench/learning.py", *(argv if argv is not None else sys.argv[1:])]),
                 "overrides": overrides, "seeds": seeds, "elapsed_s": time.perf_counter() - t0,
-                "machine": machine(), "runs_dir": str(runs_dir)})
+                "machine": machine(), "runs_dir": str(runs_dir), "task": args.task})
     write_json_atomic(out / "learning.json", res)
     fig = figure(res, str(out / "learning_accuracy_vs_rollouts.png"))
     print(report(res))
+    for r in runs:  # the start-up difficulty report of each seed's warm start (logged at step 0 of its GRPO run)
+        if r["name"] == "grpo" and r["metrics"] and "task/never_solved" in r["metrics"][0]:
+            from e3.engines.task_report import format_report
+
+            levels = [str(v) for v in read_levels(r["run_dir"])]
+            print(f"seed {r['seed']}: " + format_report(r["metrics"][0], levels).replace("[e3] ", "", 1))
+    passk = report_pass_k(res)
+    if passk:
+        print("\npass@k on the held-out problems, start (warm start) vs end; mean ± s.e. over seeds:")
+        print(passk)
+        print(report_pass_k_per_seed(res))
+        for path in figures_pass_k(res, out):
+            print(f"figure {path}")
     t = res["targets"]
     print("targets per seed (val accuracy): " + "; ".join(
         f"seed {s}: start {v['start']:.4f}, GRPO final {v['full']:.4f}, half-gain {v['half']:.4f}" for s, v in t.items()))

@@ -45,7 +45,9 @@ from e3.engines.local_tracking import Tracker, check_backends
 from e3.engines.run_dir import prepare_run_dir, read_metrics, truncate_metrics
 from e3.engines.policy_loss import clipped_pg_loss
 from e3.engines.sampling import prompt_perplexity, response_logprobs, sample
+from e3.engines.task_report import format_report, startup_report
 from e3.engines.tiny_model import build_model, warm_start
+from e3.engines import chain_task
 from e3.engines.tiny_task import CharTokenizer, DataError, build_pools, load_rows, sample_rows, score, write_jsonl
 
 Hook = Callable[[str, dict], None]
@@ -100,6 +102,11 @@ def _device(name: str) -> torch.device:
 def load_task(cfg: DictConfig, tok: CharTokenizer) -> tuple[list, list, list]:
     """(demo rows, train rows, val rows): generated from the level pools, or read (and checked) from files."""
     t = cfg.task
+    if t.kind == "chain":
+        demo, train, val = chain_task.load_task(t)
+        _check_fit(t, [("generated demo pool", demo, t.max_new_tokens - 1), ("generated train set", train, None),
+                       ("generated val set", val, None)])
+        return demo, train, val
     levels = list(t.levels)
     pools = build_pools(levels, t.seed, t.val_fraction, t.demo_fraction)
     rng = np.random.default_rng(t.seed)
@@ -112,12 +119,18 @@ def load_task(cfg: DictConfig, tok: CharTokenizer) -> tuple[list, list, list]:
         val = load_rows(cfg.data.val_file, tok, t.prompt_width, max_ans)
     else:
         val = sample_rows(pools["val"], len(levels), t.val_size, rng)
-    for name, rows in (("generated demo pool", pools["demo"]), ("generated train set", train), ("generated val set", val)):
+    _check_fit(t, [("generated demo pool", pools["demo"], max_ans), ("generated train set", train, max_ans),
+                   ("generated val set", val, max_ans)])
+    return pools["demo"], train, val
+
+
+def _check_fit(t, named_rows) -> None:
+    """Every prompt fits ``task.prompt_width`` and every answer (where ``max_ans`` is given) the response."""
+    for name, rows, max_ans in named_rows:
         for r in rows:
-            if len(r["prompt"]) > t.prompt_width or len(r["answer"]) > max_ans:
+            if len(r["prompt"]) > t.prompt_width or (max_ans is not None and len(r["answer"]) > max_ans):
                 raise ConfigError(f"{name}: problem {r['prompt']}{r['answer']} does not fit task.prompt_width="
                                   f"{t.prompt_width} / task.max_new_tokens={t.max_new_tokens}")
-    return pools["demo"], train, val
 
 
 @dataclass
@@ -157,6 +170,7 @@ class LocalEngine:
         torch.set_num_threads(int(cfg.threads))
         self.device = _device(cfg.device)
         self.tok = CharTokenizer()
+        self.score = chain_task.score if cfg.task.kind == "chain" else score
         self.demo, self.train_rows, self.val_rows = load_task(cfg, self.tok)
         width, max_new = cfg.task.prompt_width, cfg.task.max_new_tokens
         self.prompts = torch.from_numpy(self.tok.left_pad([r["prompt"] for r in self.train_rows], width))
@@ -192,6 +206,8 @@ class LocalEngine:
                    "task": {k: OmegaConf.to_container(cfg.task)[k] for k in
                             ("levels", "seed", "val_fraction", "demo_fraction", "prompt_width", "max_new_tokens")},
                    "warm_start": {k: v for k, v in ws.items() if k != "cache_dir"}, "vocab": self.tok.itos}
+        if cfg.task.kind != "arithmetic":  # (arithmetic keeps its old key: existing caches stay valid)
+            payload["task"].update(kind=cfg.task.kind, chain=OmegaConf.to_container(cfg.task.chain))
         bar = None
         if not self.quiet:
             from tqdm import tqdm
@@ -292,7 +308,7 @@ class LocalEngine:
         timings["time/generate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         responses = [self.tok.decode(r) for r in tokens.cpu().numpy()]
-        scores = np.array([score(r, self.train_rows[i]["answer"]) for r, i in zip(responses, rows)])
+        scores = np.array([self.score(r, self.train_rows[i]["answer"]) for r, i in zip(responses, rows)])
         timings["time/score"] = time.perf_counter() - t0
         self.emit("after_rollout", {"step": self.step + 1, "n": plan.n_per_prompt, "temperature": plan.temperature})
         return Rollouts(plan, rows, prompts, tokens, mask, scores, epoch_ended, timings)
@@ -380,7 +396,7 @@ class LocalEngine:
             with open(base_path, encoding="utf-8") as fh:
                 baseline = json.load(fh)
         res, per = evaluate(self.model, self.tok, self.val_rows, self.cfg, self.device,
-                            self.cfg.seed * 1_000_003 + self.step, baseline)
+                            self.cfg.seed * 1_000_003 + self.step, baseline, score_fn=self.score)
         os.makedirs(os.path.join(self.run_dir, "val"), exist_ok=True)
         ckpt.write_text_atomic(os.path.join(self.run_dir, "val", f"step_{self.step:06d}.json"), json.dumps(per))
         res["time/val"] = time.perf_counter() - t0
@@ -471,8 +487,11 @@ def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[st
             f"({engine.warm_start_info.get('seconds', 0):.0f} s of training) {engine.warm_start_info.get('path', '')}")
         if engine.offline:
             engine.setup_offline_pacer()
+        report = startup_report(engine) if cfg.task.report_samples else {}
+        if report:
+            say(format_report(report, [str(s) for s in cfg.task.levels]))
         m0 = {"step": 0, **{f"warm_start/{k}": v for k, v in engine.warm_start_info.items()
-                            if isinstance(v, (int, float, bool))}, **engine.validate()}
+                            if isinstance(v, (int, float, bool))}, **report, **engine.validate()}
         say(f"[e3] step 0 val accuracy {m0['val/accuracy']:.4f} +- {m0['val/accuracy_stderr']:.4f}"
             + (f" (greedy {m0['val/accuracy_greedy']:.4f})" if "val/accuracy_greedy" in m0 else ""))
         engine.log(m0)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from e3.config import E3Config, _check, config_error
+from e3.engines.chain_task import ChainLevel
 from e3.engines.tiny_task import Level
 
 PACKAGE_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "config" / "local")
@@ -39,9 +40,26 @@ class ConfigError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ the schema
 @dataclass
-class TaskConfig:
-    """Graded arithmetic (``e3/engines/tiny_task.py``)."""
+class ChainConfig:
+    """The chain task's generator and demonstrator (``task.kind=chain``, ``e3/engines/chain_task.py``)."""
 
+    problems_per_level: int = 6000
+    """A level with more problems is sampled (seeded by ``task.seed``)."""
+    step_error_rate: float = 0.0
+    """Noisy demonstrator: chance that a scratchpad step's running value slips by -10/-1/+1/+10."""
+    demo_variants: int = 1
+    """Independently drawn demonstrations per demo problem."""
+    demo_levels: Optional[list[str]] = None
+    """Levels (specs from ``task.levels``) that have demonstrations; null = all. The others are RL/val only."""
+
+
+@dataclass
+class TaskConfig:
+    """The embedded task: graded arithmetic (``e3/engines/tiny_task.py``) or chained arithmetic on a scratchpad
+    (``task.kind=chain``, ``e3/engines/chain_task.py``; the shipped config ``chain``)."""
+
+    kind: str = "arithmetic"
+    """arithmetic | chain."""
     levels: list[str] = field(default_factory=lambda: ["2d+-1d", "2d+-2d", "2d*1d"])
     """Levels, easy -> hard; each composes digit facts, so held-out problems are learnable."""
     seed: int = 0
@@ -58,11 +76,17 @@ class TaskConfig:
     """Prompts are left-padded to this many tokens (>= longest prompt + 1)."""
     max_new_tokens: int = 4
     """Answer characters + eos (the longest default answer, -89 or 891, has 3)."""
+    report_samples: int = 0
+    """> 0: before RL, sample this many responses per RL prompt and print how hard the prompts are for the warm
+    start (never / always solved, pass rate per level; logged as ``task/*`` at step 0)."""
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
     def validate(self) -> None:
         for key in ("train_size", "val_size", "prompt_width", "max_new_tokens"):
             _positive_int(self, "task", key)
         _check(self.seed >= 0, "task.seed", f"must be >= 0, got {self.seed}")
+        _check(self.report_samples >= 0, "task.report_samples", f"must be >= 0, got {self.report_samples}")
+        _check(self.kind in ("arithmetic", "chain"), "task.kind", f"must be arithmetic or chain, got {self.kind!r}")
         for key in ("val_fraction", "demo_fraction"):
             v = getattr(self, key)
             _check(0 <= v < 1, f"task.{key}", f"must be a number in [0, 1), got {v}")
@@ -71,9 +95,18 @@ class TaskConfig:
         _check(len(self.levels) > 0, "task.levels", "must list at least one level")
         for spec in self.levels:
             try:
-                Level.parse(str(spec))
+                (ChainLevel if self.kind == "chain" else Level).parse(str(spec))
             except ValueError as err:
                 raise ValueError(f"task.levels {str(err).removeprefix('task.levels: ')}") from None
+        if self.kind == "chain":
+            c = self.chain
+            for key in ("problems_per_level", "demo_variants"):
+                _positive_int(c, "task.chain", key)
+            _check(0 <= c.step_error_rate < 1, "task.chain.step_error_rate",
+                   f"must be a number in [0, 1), got {c.step_error_rate}")
+            _check(c.demo_levels is None or (len(c.demo_levels) > 0 and set(c.demo_levels) <= set(self.levels)),
+                   "task.chain.demo_levels", f"must be null or a non-empty list of specs from task.levels, "
+                   f"got {c.demo_levels}")
 
 
 @dataclass
@@ -192,9 +225,13 @@ class ValConfig:
     temperature: float = 1.0
     greedy: bool = True
     """Also report greedy accuracy."""
+    pass_k: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    """Unbiased pass@k (Chen et al. 2021) for each k <= ``n_samples``, with its standard error over problems:
+    ``val/pass@K``."""
 
     def validate(self) -> None:
         _positive_int(self, "val", "n_samples")
+        _check(all(k >= 1 for k in self.pass_k), "val.pass_k", f"must be integers >= 1, got {self.pass_k}")
         _check(self.temperature > 0, "val.temperature", f"must be > 0, got {self.temperature}")
 
 
@@ -230,6 +267,11 @@ class LocalConfig:
         _positive_int(self, "", "threads")
         for section in (self.task, self.data, self.model, self.warm_start, self.rollout, self.trainer, self.val):
             section.validate()
+        _check(self.task.kind == "arithmetic" or self.warm_start.demo_error_rate == 0, "warm_start.demo_error_rate",
+               f"must be 0 with task.kind=chain (its demonstrator slips per step: task.chain.step_error_rate), "
+               f"got {self.warm_start.demo_error_rate}")
+        _check(self.task.kind == "arithmetic" or not (self.data.train_file or self.data.val_file), "data.train_file",
+               "and data.val_file are for task.kind=arithmetic; the chain task is generated")
         batch, n, mb = self.rollout.batch_size, self.rollout.n, self.trainer.mini_batches
         _check(batch * n % mb == 0, "trainer.mini_batches", f"must divide rollout.batch_size * rollout.n, got {mb}")
         try:

@@ -1,7 +1,9 @@
 """Validation of the local engine on held-out problems, and the run's one-paragraph summary.
 
 ``evaluate`` reports the mean over ``val.n_samples`` samples per problem at ``val.temperature`` (sampled pass@1) and
-the greedy accuracy, each with its standard error over problems (sample std / sqrt(problems)) and per level. Given
+the greedy accuracy, each with its standard error over problems (sample std / sqrt(problems)) and per level, and
+``val/pass@K`` for every K of ``val.pass_k`` up to ``val.n_samples``: the unbiased estimator of Chen et al. 2021
+(Eq. 1, ``e3.metrics.pass_at_k``) per problem, averaged over problems, with the same standard error and per level. Given
 step 0's per-problem scores it adds the paired change ``*_delta`` and its standard error: the same problems are
 scored before and after, so the problem-to-problem spread cancels and a few points are resolvable.
 Sampling uses its own generator seeded by (run seed, step), so validating never perturbs training's random stream.
@@ -17,12 +19,13 @@ import torch
 from omegaconf import DictConfig
 
 from e3.engines.sampling import sample
+from e3.metrics import pass_at_k
 from e3.engines.tiny_task import CharTokenizer, score
 
 
 @torch.no_grad()
 def evaluate(model, tok: CharTokenizer, rows: list, cfg: DictConfig, device, seed: int,
-             baseline: Optional[dict] = None, chunk: int = 2048) -> tuple[dict, dict]:
+             baseline: Optional[dict] = None, chunk: int = 2048, score_fn=score) -> tuple[dict, dict]:
     """Held-out accuracy: mean over ``val.n_samples`` samples at ``val.temperature`` (+ greedy), with std errors.
 
     Returns (metrics, per-problem scores). With ``baseline`` (step 0's per-problem scores) the metrics include the
@@ -35,15 +38,16 @@ def evaluate(model, tok: CharTokenizer, rows: list, cfg: DictConfig, device, see
     levels = np.array([r.get("level", 0) for r in rows])
     gen = torch.Generator(device=device).manual_seed(seed)
 
-    def accuracy(n_rep: int, greedy: bool) -> np.ndarray:
+    def correct(n_rep: int, greedy: bool) -> np.ndarray:
+        """Correct samples per problem, out of ``n_rep``."""
         rep = prompts.repeat_interleave(n_rep, dim=0)
         out = np.empty(len(rep))
         for s in range(0, len(rep), chunk):
             toks, _ = sample(model, rep[s:s + chunk].to(device), max_new, float(cfg.val.temperature), tok.eos_id,
                              tok.pad_id, generator=gen, greedy=greedy)
             for j, row in enumerate(toks.cpu().numpy()):
-                out[s + j] = score(tok.decode(row), answers[(s + j) // n_rep])
-        return out.reshape(len(rows), n_rep).mean(1)
+                out[s + j] = score_fn(tok.decode(row), answers[(s + j) // n_rep])
+        return out.reshape(len(rows), n_rep).sum(1)
 
     def summary(per_problem: np.ndarray, name: str) -> dict:
         out = {name: float(per_problem.mean()), f"{name}_stderr": _stderr(per_problem)}
@@ -56,10 +60,18 @@ def evaluate(model, tok: CharTokenizer, rows: list, cfg: DictConfig, device, see
         return out
 
     n, per = int(cfg.val.n_samples), {}
-    res = {"val/problems": len(rows), "val/samples": len(rows) * n, **summary(accuracy(n, False), "val/accuracy")}
+    c = correct(n, False)
+    res = {"val/problems": len(rows), "val/samples": len(rows) * n, **summary(c / n, "val/accuracy")}
+    for k in pass_ks(cfg, n):  # unbiased pass@k per problem (Chen et al. 2021), averaged with its s.e.
+        res.update(summary(np.asarray(pass_at_k(np.full(len(rows), n), c, k), dtype=float), f"val/pass@{k}"))
     if cfg.val.greedy:
-        res.update(summary(accuracy(1, True), "val/accuracy_greedy"))
+        res.update(summary(correct(1, True), "val/accuracy_greedy"))
     return res, per
+
+
+def pass_ks(cfg: DictConfig, n: int) -> list[int]:
+    """The configured ``val.pass_k`` values that ``n`` samples per problem can estimate (k <= n)."""
+    return [int(k) for k in (cfg.val.get("pass_k") or []) if int(k) <= n]
 
 
 def _stderr(x: np.ndarray) -> float:

@@ -109,9 +109,9 @@ def warm_start(model, tok: CharTokenizer, demo_rows: list[dict], ws: dict, width
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(ws["weight_decay"]), betas=(0.9, 0.98))
     rng = np.random.default_rng(seed + 7919)
     all_seq = torch.from_numpy(sft_batch(tok, demo_rows, width, max_new))
-    slips = torch.from_numpy(np.stack([sft_batch(tok, slip_rows(demo_rows, d, max_new - 1), width, max_new)
-                                       for d in SLIPS]))
     error_rate = float(ws.get("demo_error_rate", 0.0))
+    slips = None if error_rate == 0 else torch.from_numpy(np.stack(
+        [sft_batch(tok, slip_rows(demo_rows, d, max_new - 1), width, max_new) for d in SLIPS]))
     level = np.array([r.get("level", 0) for r in demo_rows])
     by_level = [np.flatnonzero(level == lv) for lv in np.unique(level)]  # equal share per level in every batch
     model.train()
