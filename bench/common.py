@@ -48,7 +48,7 @@ def config_path(name: str) -> str:
     return str(CONFIG_DIR / CONFIGS[name][0])
 
 
-# task -> base config file under configs/local; an overlay's own keys (its ``defaults`` line dropped) go on top
+# task -> base config file under e3/config/local; an overlay's own keys (its ``defaults`` line dropped) go on top
 TASKS = {"arithmetic": "default.yaml", "chain": "chain.yaml"}
 
 

@@ -20,7 +20,7 @@ seeds end below the start, the difference to GRPO on the same seed), one line pe
 its s.e. over problems, and draws ``pass_at_k.png`` (start vs end, and the change, per k),
 ``entropy_temperature_all_wrong.png`` and ``pass_at_k_vs_rollouts.png``.
 
-Tasks: ``--task arithmetic`` (``configs/local/default.yaml``) or ``--task chain`` (``configs/local/chain.yaml``, the
+Tasks: ``--task arithmetic`` (``e3/config/local/default.yaml``) or ``--task chain`` (``e3/config/local/chain.yaml``, the
 scratchpad task built so that GRPO narrows the policy); each configuration's overlay goes on top of the task's file.
 
 Control: continued supervised training from the same warm start on the same (noisy) demonstrations, at equal
@@ -455,7 +455,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, help="number of seeds 0..N-1 (default 3; 1 with --quick)")
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     ap.add_argument("--task", default="arithmetic", choices=list(TASKS),
-                    help="embedded task: arithmetic (configs/local/default.yaml) or chain (configs/local/chain.yaml)")
+                    help="embedded task: arithmetic (e3/config/local/default.yaml) or chain (e3/config/local/chain.yaml)")
     ap.add_argument("--steps", type=int, default=150, help="RL steps per run (256 rollouts per step)")
     ap.add_argument("--val-every", type=int, default=25)
     ap.add_argument("--no-control", action="store_true", help="skip the supervised-training control")

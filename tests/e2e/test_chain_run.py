@@ -1,4 +1,4 @@
-"""End to end: a tiny real run of the local engine on the chain task (configs/local/chain.yaml shrunk).
+"""End to end: a tiny real run of the local engine on the chain task (e3/config/local/chain.yaml shrunk).
 
 What a user checks: the start-up report is printed and logged (never / always solved, per level), validation logs
 ``val/pass@K`` with standard errors for every K up to ``val.n_samples``, and those numbers are the unbiased

@@ -106,7 +106,7 @@ def test_bad_key_in_a_file_is_named(tmp_path):
 
 
 def test_unknown_config_name_or_missing_file():
-    with pytest.raises(ConfigError, match=r"unknown config 'nope': .*shipped config \(default, "):
+    with pytest.raises(ConfigError, match=r"unknown config 'nope': .*shipped config \(chain, default, "):
         load_config("nope")
     with pytest.raises(ConfigError, match="config file not found: /no/such.yaml"):
         load_config("/no/such.yaml")
