@@ -12,6 +12,8 @@ import pytest
 from e3.engines import checkpoint as ckpt
 from e3.engines.local import run
 
+from test_local_engine import tiny as base_tiny
+
 USER_MODULE = '''
 import numpy as np
 from e3.allocation_policy import AllocationPolicy
@@ -54,18 +56,10 @@ def ws_cache(tmp_path_factory):
 
 
 def tiny(ws_cache, policy: str, steps: int = 5) -> dict:
-    """2-layer 32-wide model, 24 training prompts, batch 8 x n = 4: an epoch is 3 steps, then caps [2,6]."""
-    return {
-        "threads": 1, "device": "cpu", "plots": False,
-        "task": {"levels": ["2d+-1d", "2d*1d"], "train_size": 24, "val_size": 20},
-        "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
-        "warm_start": {"steps": 30, "batch_size": 64, "lr": 3e-3, "min_lr": 3e-4, "warmup_steps": 5,
-                       "cache_dir": ws_cache},
-        "rollout": {"batch_size": 8, "n": 4},
-        "trainer": {"total_steps": steps, "save_every": steps, "val_every": steps, "lr": 1e-3},
-        "val": {"n_samples": 1},
-        "e3": {"allocation": {"n_low": 2, "n_high": 6, "n_update": 2, "policy": policy}},
-    }
+    """The engine tests' tiny run (24 training prompts, batch 8 x n = 4: an epoch is 3 steps, then caps [2,6]) with
+    ``policy`` allocating, ``steps`` steps and one validation at the end."""
+    return base_tiny(ws_cache, task={"val_size": 20}, val={"n_samples": 1}, e3={"allocation": {"policy": policy}},
+                     trainer={"total_steps": steps, "save_every": steps, "val_every": steps})
 
 
 def test_a_users_policy_module_selected_by_config_drives_local_training(tmp_path, ws_cache, monkeypatch):
