@@ -73,7 +73,8 @@ def run_config(name: str, seed: int, run_dir: str, overrides: list[str], task: s
     from e3.engines.local import run
 
     t0 = time.perf_counter()
-    res = run(compose(name, task, [f"seed={seed}", *overrides]), run_dir=run_dir, quiet=True)
+    report = [] if name == "grpo" else ["task.report_samples=0"]  # the start-up report once per seed (GRPO's run)
+    res = run(compose(name, task, [f"seed={seed}", *report, *overrides]), run_dir=run_dir, quiet=True)
     return {"name": name, "seed": seed, "run_dir": res.run_dir, "metrics": res.metrics,
             "seconds": time.perf_counter() - t0}
 
