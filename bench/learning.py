@@ -510,7 +510,7 @@ def main(argv=None) -> int:
             from e3.engines.task_report import format_report
 
             levels = [str(v) for v in read_levels(r["run_dir"])]
-            print(f"seed {r['seed']}: " + format_report(r["metrics"][0], levels).replace("[e3] ", "", 1))
+            print(f"seed {r['seed']}: " + format_report(r["metrics"][0], levels).replace("[e3] ", ""))
     passk = report_pass_k(res)
     if passk:
         print("\npass@k on the held-out problems, start (warm start) vs end; mean ± s.e. over seeds:")
