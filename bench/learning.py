@@ -366,6 +366,16 @@ def figure(res: dict, path: str) -> str | None:
     return path
 
 
+def save_figure(fig, path) -> str:
+    """Lay out, write (120 dpi) and close a figure; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 def figures_pass_k(res: dict, out: Path) -> list[str]:
     """pass@k of the start vs the end, entropy, pass@1 / pass@K vs rollouts and all-wrong groups per configuration
     (mean over seeds). Returns the paths written (none without matplotlib or pass@k metrics)."""
@@ -410,10 +420,7 @@ def figures_pass_k(res: dict, out: Path) -> list[str]:
     a2.set(ylabel="end − start", title="change of pass@k (band: ± s.e. over seeds)")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(str(out / "pass_at_k.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "pass_at_k.png"))
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for name, rows in per.items():
@@ -428,10 +435,7 @@ def figures_pass_k(res: dict, out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.title.set_fontsize(9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(str(out / "entropy_temperature_all_wrong.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "entropy_temperature_all_wrong.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, rows in per.items():
@@ -443,10 +447,7 @@ def figures_pass_k(res: dict, out: Path) -> list[str]:
         ax.set(xlabel="cumulative rollouts", ylabel=f"pass@{k}", title=f"held-out pass@{k} (mean over seeds)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(str(out / "pass_at_k_vs_rollouts.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "pass_at_k_vs_rollouts.png"))
     return paths
 
 
