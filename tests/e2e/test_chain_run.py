@@ -28,7 +28,7 @@ def ws_cache(tmp_path_factory):
 def tiny_chain(ws_cache) -> dict:
     cfg = load_config(CHAIN, [
         "threads=1", "device=cpu", "plots=false", "task.levels=[1d+1dx1,1d+-1dx2]", "task.train_size=32",
-        "task.val_size=24", "task.report_samples=3", "task.chain.problems_per_level=300",
+        "task.val_size=24", "task.report_samples=3", "task.chain.problems_per_level=300", "task.chain.demo_levels=null",
         "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
         "warm_start.steps=40", "warm_start.batch_size=64", "warm_start.lr=3e-3", "warm_start.min_lr=3e-4",
         "warm_start.warmup_steps=5", f"warm_start.cache_dir={ws_cache}", "rollout.batch_size=8", "rollout.n=4",
