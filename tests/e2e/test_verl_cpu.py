@@ -122,7 +122,14 @@ def test_budgets_sent_sampled_and_trained_agree_per_prompt(runs):
     ctl.load_state_dict(state["controller"])
     step4 = Counter(index_of[r["prompt"]] for r in sampled(a, 4))
     plan = ctl.plan(list(step4), total=B * N)
-    assert dict(zip(plan.indices.tolist(), plan.n_per_prompt.tolist())) == dict(step4)
+    planned = dict(zip(plan.indices.tolist(), plan.n_per_prompt.tolist()))
+    # The requests are logged in arrival order, not the batch's: the leftover rollouts that go one at a time to
+    # prompts of equal difficulty may land on another of those prompts. Every other budget must match exactly.
+    assert sorted(planned.values()) == sorted(step4.values())
+    k = dict(zip(list(step4), ctl.allocator.tracker.difficulty(list(step4)).tolist()))
+    for i in step4:
+        if planned[i] != step4[i]:
+            assert abs(planned[i] - step4[i]) == 1 and sum(k[j] == k[i] for j in step4) > 1, (i, planned, dict(step4))
 
 
 def test_each_prompt_is_sampled_at_the_controllers_tau_and_the_update_divides_by_it(runs):
