@@ -55,6 +55,7 @@ from e3.config import E3Config
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
+from e3.engines.verl.validation import validation_metrics
 from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
                                       scatter_to_rows)
 from e3.io import atomic_path
@@ -379,10 +380,7 @@ class E3Trainer(PPOTrainerSync):
                             expected_acc_counts=None):
         out = super()._val_metrics_update(data_sources, sample_uids, reward_extra_infos_dict, sample_turns,
                                           expected_acc_counts=expected_acc_counts)
-        values = reward_extra_infos_dict.get("acc") or reward_extra_infos_dict.get("reward") or []
-        values = [float(v) for v in values if v is not None]
-        if values:
-            out["val/accuracy"] = float(np.mean(values))  # over every validation sample, all data sources
+        out.update(validation_metrics(self.config, data_sources, sample_uids, reward_extra_infos_dict))
         return out
 
     # ------------------------------------------------------------------ checkpoints
