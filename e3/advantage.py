@@ -6,6 +6,8 @@ GRPO (Shao et al. 2024, DeepSeekMath, section 4.1.2) normalises each rollout's s
 
 so a group whose scores are all equal gets A = 0. Our fix: a singleton group gets 0 (verl returns the raw score,
 which is not an advantage). With E3's dynamic budgets the groups have unequal sizes; nothing else changes.
+Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", section 3.1) drops the division by std_g:
+A_i = s_i - mean_g (``norm_by_std=False``, verl's ``algorithm.norm_adv_by_std_in_grpo=false``).
 
 Length bias (E3 README): for easy prompts (difficulty rank k <= threshold) a correct response's reward becomes
 1 - mu*l / (1 + mu*l) = 1 / (1 + mu*l) with l its token length, mu = penalty coefficient (suggested 0.001).
@@ -16,8 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def grpo_advantages(scores, group_ids, eps: float = 1e-6) -> np.ndarray:
-    """Per-rollout advantages; ``group_ids[i]`` names the prompt (group) of rollout i."""
+def grpo_advantages(scores, group_ids, eps: float = 1e-6, norm_by_std: bool = True) -> np.ndarray:
+    """Per-rollout advantages; ``group_ids[i]`` names the group of rollout i (one prompt's rollouts of one step).
+
+    ``norm_by_std=False``: Dr. GRPO, A_i = s_i - mean_g.
+    """
     s = np.asarray(scores, dtype=np.float64).ravel()
     ids = np.asarray(group_ids).ravel()
     if s.shape != ids.shape:
@@ -34,7 +39,7 @@ def grpo_advantages(scores, group_ids, eps: float = 1e-6) -> np.ndarray:
     gmax = np.full(sizes.size, -np.inf)
     np.minimum.at(gmin, inv, s)
     np.maximum.at(gmax, inv, s)
-    adv = dev / (std[inv] + eps)
+    adv = dev / (std[inv] + eps) if norm_by_std else dev
     adv[(sizes[inv] < 2) | (gmin[inv] == gmax[inv])] = 0.0
     return adv
 

@@ -68,9 +68,9 @@ class TemperatureConfig:
     anneal_floor: float = 0.9
     """eta: the annealed target ends at eta * H_init (paper: 0.9; 0.8 and 0.85 were unstable)."""
     tau_min: float = 0.5
-    """Lower clamp of the temperature (our fix: the paper's update is unbounded)."""
+    """Lower clamp of the scheduled temperature (our fix: the paper's update is unbounded)."""
     tau_max: float = 2.0
-    """Upper clamp of the temperature."""
+    """Upper clamp of the scheduled temperature (with ``enable=false`` the clamps do not apply)."""
 
     def validate(self) -> None:
         _check(self.init_temperature > 0, "temperature.init_temperature", f"must be > 0, got {self.init_temperature}")
@@ -78,8 +78,9 @@ class TemperatureConfig:
         _check(0.0 < self.anneal_ratio <= 1.0, "temperature.anneal_ratio", f"must be in (0, 1], got {self.anneal_ratio}")
         _check(0.0 < self.anneal_floor <= 1.0, "temperature.anneal_floor", f"must be in (0, 1], got {self.anneal_floor}")
         _check(0 < self.tau_min <= self.tau_max, "temperature.tau_min", f"need 0 < tau_min <= tau_max, got {self.tau_min}, {self.tau_max}")
-        _check(self.tau_min <= self.init_temperature <= self.tau_max, "temperature.init_temperature",
-               f"must lie in [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}], got {self.init_temperature}")
+        _check(not self.enable or self.tau_min <= self.init_temperature <= self.tau_max, "temperature.init_temperature",
+               f"must lie in [tau_min, tau_max] = [{self.tau_min}, {self.tau_max}] when the scheduler is on, got "
+               f"{self.init_temperature}")
 
 
 @dataclass
@@ -125,6 +126,8 @@ class AdvantageConfig:
 
     eps: float = 1e-6
     """Added to the group std (N-1 normalised) in A = (s - mean) / (std + eps)."""
+    norm_by_std: bool = True
+    """Divide by the group std (GRPO). False: Dr. GRPO, A = s - mean (on verl: algorithm.norm_adv_by_std_in_grpo)."""
     length_bias: bool = False
     """E3 README: for easy prompts (rank <= threshold) a correct reward becomes 1 / (1 + coeff * length)."""
     length_penalty_coeff: float = 0.001

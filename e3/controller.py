@@ -19,7 +19,7 @@ from e3.allocation import RolloutAllocator
 from e3.config import E3Config
 from e3.curriculum import PerplexityPacer
 from e3.metrics import group_stats
-from e3.temperature import TemperatureScheduler
+from e3.temperature import TemperatureScheduler, representable
 from e3.weighting import relative_entropy_weights
 
 
@@ -44,14 +44,20 @@ class E3Controller:
     """All controllers of one run. ``n`` = rollout.n (mean budget), ``batch_size`` = prompts per step."""
 
     def __init__(self, cfg: E3Config, n: int, vocab_size: int, max_steps: int | None = None,
-                 dataset_indices=None, batch_size: int | None = None):
+                 dataset_indices=None, batch_size: int | None = None, tau_dtype: str | None = None):
         self.cfg = cfg.validate()
         self.n = int(n)
         self.allocator = RolloutAllocator.from_config(cfg.allocation, n)
         t = cfg.temperature
+        # scheduler off: tau_0 is not clamped (the scheduler still runs, for the entropy it logs)
+        lo, hi = (t.tau_min, t.tau_max) if t.enable else (min(t.tau_min, t.init_temperature),
+                                                          max(t.tau_max, t.init_temperature))
         self.scheduler = TemperatureScheduler(
             vocab_size, t.init_temperature, t.warmup_steps, max_steps, anneal=t.enable and t.anneal,
-            anneal_ratio=t.anneal_ratio, anneal_floor=t.anneal_floor, tau_min=t.tau_min, tau_max=t.tau_max)
+            anneal_ratio=t.anneal_ratio, anneal_floor=t.anneal_floor, tau_min=lo, tau_max=hi)
+        if tau_dtype is not None:
+            representable(t.init_temperature, tau_dtype)  # an unknown dtype fails here, not at the first plan
+        self.tau_dtype = tau_dtype
         self.pacer = None
         if cfg.curriculum.enable and cfg.curriculum.mode == "online":
             if batch_size is None or max_steps is None:
@@ -70,7 +76,10 @@ class E3Controller:
 
     @property
     def temperature(self) -> float:
-        return self.scheduler.temperature if self.cfg.temperature.enable else self.cfg.temperature.init_temperature
+        """The tau to sample the next step with; with ``tau_dtype`` (the logits dtype of the training engine) on that
+        dtype's grid, so sampler and trainer use the same number (the scheduler keeps the exact value)."""
+        tau = self.scheduler.temperature if self.cfg.temperature.enable else self.cfg.temperature.init_temperature
+        return tau if self.tau_dtype is None else representable(tau, self.tau_dtype)
 
     @property
     def num_candidates(self) -> int | None:
@@ -91,11 +100,15 @@ class E3Controller:
         self._plan = StepPlan(idx, n, self.temperature)
         return self._plan
 
-    def advantages(self, scores, rollout_indices, entropies=None, lengths=None) -> np.ndarray:
-        """GRPO advantages over the groups given by ``rollout_indices`` (x PREPO weights when enabled).
+    def advantages(self, scores, rollout_indices, entropies=None, lengths=None, group_ids=None,
+                   kl_terms=None) -> np.ndarray:
+        """GRPO advantages (x PREPO weights when enabled) of rollouts with raw scores ``scores``.
 
-        ``entropies``: per-rollout token-mean entropy (needed for weighting); ``lengths``: response tokens
-        (token-weighted mean and length bias).
+        ``rollout_indices``: each rollout's prompt index (its difficulty record); ``group_ids``: its group (default:
+        the index; verl: the uid of the prompt's dispatch, so one prompt sampled twice in a step makes two groups).
+        ``kl_terms``: per-rollout return terms added after the length bias (verl's KL-in-reward penalty), so
+        correctness is decided on the raw score. ``entropies``: per-rollout token-mean entropy (needed for
+        weighting); ``lengths``: response tokens (token-weighted mean and length bias).
         """
         a = self.cfg.advantage
         s = _finite_scores(scores)
@@ -104,7 +117,10 @@ class E3Controller:
                 raise ValueError("advantage.length_bias needs response lengths")
             k = self.allocator.tracker.difficulty(rollout_indices, unranked=1.0)  # unranked: hardest, no bias
             s = length_bias_scores(s, lengths, k, a.length_penalty_coeff, a.length_rank_threshold)
-        adv = grpo_advantages(s, rollout_indices, a.eps)
+        if kl_terms is not None:
+            s = s + _finite_scores(kl_terms)
+        groups = rollout_indices if group_ids is None else group_ids
+        adv = grpo_advantages(s, groups, a.eps, norm_by_std=a.norm_by_std)
         self._extra = {}
         w_cfg = self.cfg.weighting
         if w_cfg.enable:

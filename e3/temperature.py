@@ -14,6 +14,10 @@ p = (t - t_a) / (max_steps - t_a),
 (The printed Eq. 5 carries a stray (1 + eta^2 / t^2) factor, an extraction error absent from the authors' code.)
 Our fixes: tau is clamped to [tau_min, tau_max]; a NaN / inf / non-positive entropy keeps tau and is counted; one
 scheduler on the driver fed the globally reduced entropy gives one tau for the whole job.
+
+``representable(tau, dtype)``: the training engine divides the logits by tau cast to float32 and then to the logits'
+dtype (bf16 under verl's default FSDP mixed precision), the sampler uses the float it is given; a tau on the grid of
+that dtype is the same number on both sides.
 """
 
 from __future__ import annotations
@@ -46,6 +50,22 @@ def annealed_target(h_init: float, step: int, max_steps: int, anneal_ratio: floa
         return h_init
     p = min(1.0, (step - t_a) / (max_steps - t_a))
     return h_init * (anneal_floor + (1.0 - anneal_floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def representable(tau: float, dtype: str = "fp32") -> float:
+    """The value tau takes after a cast to float32 and then to ``dtype`` (nearest, ties to even), as a float.
+
+    That number is unchanged by both casts, so a sampler given it and a trainer that casts it agree exactly.
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown logits dtype {dtype!r}: expected one of {DTYPES}")
+    target = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return float(torch.tensor(float(tau), dtype=torch.float32).to(target).item())
 
 
 class TemperatureScheduler:

@@ -87,3 +87,11 @@ def test_length_bias_does_not_modify_input():
     scores = np.array([1.0, 1.0])
     length_bias_scores(scores, [100, 200], [0.0, 0.0])
     assert scores.tolist() == [1.0, 1.0]
+
+
+def test_dr_grpo_subtracts_the_group_mean_without_the_std():
+    # Dr. GRPO: group "a" [1, 0, 0] -> [2/3, -1/3, -1/3]; group "b" [1, 0] -> [0.5, -0.5]; equal group -> 0
+    a = grpo_advantages([1.0, 0.0, 1.0, 0.0, 0.0, 0.3, 0.3], ["a", "a", "b", "a", "b", "c", "c"], norm_by_std=False)
+    np.testing.assert_allclose(a, [2 / 3, -1 / 3, 0.5, -1 / 3, -0.5, 0.0, 0.0], rtol=0, atol=1e-15)
+    assert grpo_advantages([0.7], ["x"], norm_by_std=False).tolist() == [0.0]  # singleton: 0, as with the std
+    assert not np.allclose(a, grpo_advantages([1.0, 0.0, 1.0, 0.0, 0.0, 0.3, 0.3], ["a", "a", "b", "a", "b", "c", "c"]))

@@ -219,3 +219,70 @@ def test_state_round_trip_gives_identical_next_plans(roundtrip):
     assert a == b
     assert len({tuple(n) for _, n, *_ in a[:-1]}) > 1  # decisions are not trivially constant
     assert a[0][2] != 1.0
+
+
+def test_kl_terms_are_added_after_the_length_bias_decided_on_the_raw_score():
+    """verl's KL-in-reward: return = raw score + KL term. Correctness (and so the length bias) is the raw score: a
+    wrong answer with a positive return is not 'correct', a correct one keeps its KL term."""
+    ctl = make(E3Config.from_dict({"advantage": {"length_bias": True, "length_rank_threshold": 1.0}}))
+    run_epochs(ctl, epochs=1)  # every prompt ranked, threshold 1: every prompt is 'easy'
+    rows = np.array([100, 100, 100, 100])
+    raw = np.array([1.0, 1.0, 0.0, 0.0])
+    kl = np.array([-0.2, 0.1, 0.3, -0.1])  # rollout 2 is wrong, but its KL-penalised return 0.3 is > 0
+    lens = np.array([100.0, 200.0, 300.0, 50.0])
+    adv = ctl.advantages(raw, rows, lengths=lens, kl_terms=kl)
+    # 1 / (1 + 0.001 l) for the two correct ones, then + KL: [1/1.1 - 0.2, 1/1.2 + 0.1, 0.3, -0.1]
+    returns = np.array([1 / 1.1 - 0.2, 1 / 1.2 + 0.1, 0.3, -0.1])
+    np.testing.assert_allclose(adv, grpo_advantages(returns, rows), rtol=0, atol=1e-12)
+    k = ctl.allocator.tracker.difficulty(rows)
+    old = grpo_advantages(length_bias_scores(raw + kl, lens, k, 0.001, 1.0), rows)  # bias on the penalised return
+    assert not np.allclose(adv, old)
+
+
+def test_groups_are_the_group_ids_and_difficulty_stays_per_index():
+    """One prompt dispatched twice in a step (verl: two uids) is two GRPO groups, normalised separately."""
+    ctl = make()
+    rows = np.array([100, 100, 100, 100, 100, 100])
+    uids = np.array(["u1", "u1", "u1", "u2", "u2", "u2"])
+    scores = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    adv = ctl.advantages(scores, rows, group_ids=uids)
+    np.testing.assert_allclose(adv, np.concatenate([grpo_advantages(scores[:3], [0] * 3),
+                                                    grpo_advantages(scores[3:], [0] * 3)]), rtol=0, atol=1e-15)
+    assert not np.allclose(adv, grpo_advantages(scores, rows))  # pooled by index it would differ
+    ctl.plan(np.array([100, 100]))
+    ctl.observe(rows, scores, 1.0)
+    tracker = ctl.allocator.tracker
+    assert tracker.counts(np.array([100])).tolist() == [6]  # one record for the index, all six rollouts
+    assert tracker.accuracy(np.array([100])).tolist() == [0.5]
+
+
+def test_dr_grpo_through_the_controller():
+    ctl = make(E3Config.from_dict({"advantage": {"norm_by_std": False}}))
+    rows = np.array([100, 100, 100, 101, 101])
+    adv = ctl.advantages([1.0, 0.0, 0.0, 1.0, 0.0], rows)
+    np.testing.assert_allclose(adv, [2 / 3, -1 / 3, -1 / 3, 0.5, -0.5], rtol=0, atol=1e-15)
+
+
+def test_tau_is_emitted_on_the_logits_dtype_grid_while_the_scheduler_keeps_the_exact_value():
+    from e3.temperature import representable
+
+    ctl = make(tau_dtype="bf16")
+    run_epochs(ctl, epochs=1)  # falling entropy: tau rises off 1.0
+    exact = ctl.scheduler.temperature
+    assert exact != representable(exact, "bf16")  # the exact tau is not on the bf16 grid ...
+    assert ctl.temperature == representable(exact, "bf16")  # ... the emitted one is
+    plan = ctl.plan(PROMPTS[:8])
+    assert plan.temperature == ctl.temperature
+    m = ctl.observe(plan.rollout_indices(), np.ones(plan.total), 1.0)
+    assert m["rollout/temperature"] == plan.temperature
+    assert make().temperature == 1.0 and make(tau_dtype=None).scheduler.temperature == 1.0
+    with pytest.raises(ValueError, match="logits dtype"):
+        make(tau_dtype="fp8")
+
+
+def test_scheduler_off_takes_a_tau_0_outside_the_clamps():
+    """An ablation at a fixed tau: the clamps bound the scheduler only, so tau_0 = 0.3 with TS off is fine."""
+    ctl = make(E3Config.from_dict({"temperature": {"enable": False, "init_temperature": 0.3}}))
+    assert ctl.plan(PROMPTS[:8]).temperature == 0.3
+    with pytest.raises(ValueError, match="e3.temperature.init_temperature"):
+        E3Config.from_dict({"temperature": {"init_temperature": 0.3}})  # scheduler on: within [tau_min, tau_max]

@@ -181,3 +181,23 @@ def test_state_round_trip_gives_same_outputs(roundtrip):
     assert outs_a == outs_b
     assert outs_a[-1][1] < outs_a[0][1]  # the continuation reached the annealing phase
     assert a.metrics() == b.metrics()
+
+
+def test_representable_tau_is_what_the_trainer_casts_it_to():
+    import torch
+
+    from e3.temperature import representable
+
+    # bf16 has 8 significant bits: 0.6 -> 0.6015625 (= 77/128), 1.0 stays; fp16 11 bits: 0.6 -> 0.60009765625
+    assert representable(0.6, "bf16") == 0.6015625 and representable(1.0, "bf16") == 1.0
+    assert representable(0.6, "fp16") == 0.60009765625
+    assert representable(0.6, "fp32") == float(torch.tensor(0.6, dtype=torch.float32))
+    for tau in (0.5, 0.73, 0.6015625, 1.2345678, 1.999):
+        for dtype, torch_dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)):
+            r = representable(tau, dtype)
+            # what verl's engine divides by: tau -> float32 -> logits dtype; a representable tau survives both casts
+            assert float(torch.tensor(r, dtype=torch.float32).to(torch_dtype)) == r
+            assert abs(r - tau) <= abs(tau) * {"bf16": 2 ** -8, "fp16": 2 ** -11, "fp32": 2 ** -24}[dtype]
+        assert representable(representable(tau, "bf16"), "fp16") == representable(tau, "bf16")  # bf16 grid in fp16
+    with pytest.raises(ValueError, match="logits dtype 'int8'"):
+        representable(1.0, "int8")
