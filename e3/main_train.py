@@ -8,12 +8,19 @@ hydra's (``e3.temperature.enable=false data.train_files=...``); ``--cfg job`` pr
 The steps mirror verl's ``main_ppo.main`` (device, ``validate_config``, ``run_ppo``) with our task runner, which
 registers the ``e3`` trainer inside its Ray actor. A config with ``trainer.device=cpu`` (``verl_cpu_tiny``) runs
 verl on the CPU through the ``e3.engines.verl.cpu`` plugin, activated here before verl starts; its ``cpu_tiny``
-section is filled with the locally built model and data, and a summary is printed at the end. A CUDA config on a
-machine without a GPU stops with a message pointing at the local engine and at ``verl_cpu_tiny``.
+section is filled with the locally built model and data, and a summary is printed at the end.
+
+GPUs are counted where verl runs, on its Ray cluster. A driver without a GPU that joins a cluster
+(``+ray_kwargs.ray_init.address=HEAD:PORT``, or ``RAY_ADDRESS`` as ``ray job submit`` sets it) starts: once verl's
+``run_ppo`` has connected Ray (with its own ``ray.init`` arguments), the cluster's GPUs are counted before the task
+runner is created, and a cluster without any stops the run. Without an address (Ray would start a local cluster on
+this machine) a CUDA config on a machine without a GPU stops at once, before Ray starts, with a message pointing at
+the local engine and at ``verl_cpu_tiny``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import hydra
@@ -21,11 +28,57 @@ import hydra
 CONFIG_DIR = str(Path(__file__).resolve().parent / "config")
 NO_GPU_MESSAGE = ("verl needs NVIDIA GPUs (trainer.device=cuda) and none is visible here. On a machine without a GPU "
                   "run the local engine (bash scripts/train.sh) or verl on the CPU (bash scripts/train.sh "
-                  "--config verl_cpu_tiny)")
+                  "--config verl_cpu_tiny), or join a Ray cluster with GPUs (+ray_kwargs.ray_init.address=HEAD:PORT "
+                  "or RAY_ADDRESS)")
+NO_CLUSTER_GPU_MESSAGE = ("verl needs NVIDIA GPUs (trainer.device=cuda) and the Ray cluster at {address} has none "
+                          "(ray.cluster_resources() lists no GPU): start its nodes on GPU machines (ray start "
+                          "--num-gpus=N), or run verl on the CPU (bash scripts/train.sh --config verl_cpu_tiny)")
+
+
+def ray_address(config) -> str | None:
+    """The Ray cluster verl's ``ray.init`` will join: ``ray_kwargs.ray_init.address``, else ``RAY_ADDRESS``
+    (Ray's own fallback, set by ``ray job submit``); None: Ray starts a local cluster on this machine."""
+    from omegaconf import OmegaConf
+
+    address = OmegaConf.select(config, "ray_kwargs.ray_init.address", default=None)
+    return str(address) if address else (os.environ.get("RAY_ADDRESS") or None)
+
+
+def check_cluster_gpus(config) -> float | None:
+    """With Ray connected: the cluster's GPU count for a ``trainer.device=cuda`` run (None for another device);
+    a cluster without GPUs stops the run with ``NO_CLUSTER_GPU_MESSAGE``."""
+    import ray
+
+    if config.trainer.device != "cuda":
+        return None
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    address = ray_address(config) or "started on this machine"
+    if gpus <= 0:
+        raise SystemExit(NO_CLUSTER_GPU_MESSAGE.format(address=address))
+    print(f"[e3] Ray cluster ({address}): {gpus:g} GPU(s)", flush=True)
+    return gpus
+
+
+class ClusterCheckedRunner:
+    """The task-runner actor class handed to verl's ``run_ppo``: verl connects Ray first (``ray.init`` with the
+    config's ``ray_kwargs``, or the Ray already running), then creates the runner with ``.remote()`` (or
+    ``.options(...).remote()``); the cluster's GPUs are counted at that moment, before anything is scheduled."""
+
+    def __init__(self, actor_class, config):
+        self._actor_class, self._config = actor_class, config
+
+    def options(self, **kwargs) -> "ClusterCheckedRunner":
+        return ClusterCheckedRunner(self._actor_class.options(**kwargs), self._config)
+
+    def remote(self, *args, **kwargs):
+        check_cluster_gpus(self._config)
+        return self._actor_class.remote(*args, **kwargs)
 
 
 def preflight(config) -> None:
-    """Checks that must fail on the driver, in seconds, before Ray starts: our section, verl's own, the device."""
+    """Checks that must fail on the driver, in seconds, before Ray starts: our section, verl's own, the device (no
+    GPU here and no Ray cluster to join; a cluster's GPUs are counted once Ray connects, see ``check_cluster_gpus``)."""
+    import ray
     import torch
 
     from e3.engines.verl.trainer import TRAINER_NAME, check_supported, e3_config_from
@@ -38,13 +91,15 @@ def preflight(config) -> None:
         raise ValueError(f"e3.main_train runs verl's v1 trainer registered as {TRAINER_NAME!r}: keep "
                          f"trainer.use_v1=true and trainer.v1.trainer_mode={TRAINER_NAME}")
     auto_set_device(config)
-    if config.trainer.device == "cuda" and not torch.cuda.is_available():
+    if config.trainer.device == "cuda" and not torch.cuda.is_available() and ray_address(config) is None \
+            and not ray.is_initialized():
         raise SystemExit(NO_GPU_MESSAGE)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
 
 
 def run(config) -> None:
-    """Preflight, then verl's ``run_ppo`` with ``E3TaskRunner`` as a 1-CPU Ray actor."""
+    """Preflight, then verl's ``run_ppo`` with ``E3TaskRunner`` as a 1-CPU Ray actor (its GPUs counted once verl
+    has connected Ray)."""
     import ray
     from omegaconf import OmegaConf
 
@@ -57,7 +112,7 @@ def run(config) -> None:
     env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
     if env_vars is not None and ray.is_initialized():  # Ray started elsewhere (a notebook, a test): its env is not
         runner = runner.options(runtime_env={"env_vars": OmegaConf.to_container(env_vars)})  # the config's
-    run_ppo(config, task_runner_class=runner)
+    run_ppo(config, task_runner_class=ClusterCheckedRunner(runner, config))
     if run_dir is not None:
         from e3.engines.verl.cpu.tiny import summary
 
