@@ -16,6 +16,10 @@ GPUs are counted where verl runs, on its Ray cluster. A driver without a GPU tha
 runner is created, and a cluster without any stops the run. Without an address (Ray would start a local cluster on
 this machine) a CUDA config on a machine without a GPU stops at once, before Ray starts, with a message pointing at
 the local engine and at ``verl_cpu_tiny``.
+
+verl loads models with ``flash_attention_2`` unless the model's ``override_config.attn_implementation`` says
+otherwise; when ``flash_attn`` does not import on the driver, the preflight switches that default to ``sdpa`` and
+prints so (``attention_fallback``), instead of the run dying minutes later in its actor workers.
 """
 
 from __future__ import annotations
@@ -94,7 +98,63 @@ def preflight(config) -> None:
     if config.trainer.device == "cuda" and not torch.cuda.is_available() and ray_address(config) is None \
             and not ray.is_initialized():
         raise SystemExit(NO_GPU_MESSAGE)
+    attention_fallback(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+
+
+FLASH_ATTENTION = "flash_attention_2"  # verl 0.9.1's default: HFModelConfig reads override_config.attn_implementation
+FALLBACK_ATTENTION = "sdpa"
+
+
+def flash_attn_error() -> str | None:
+    """Why ``import flash_attn`` fails in this process (None: it imports)."""
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as err:  # not installed, or built against another torch/CUDA (undefined symbol, ...)
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def attention_fallback(config) -> list[str]:
+    """When verl would load a model with its default ``flash_attention_2`` (no ``attn_implementation`` in the
+    model's ``override_config``) and ``flash_attn`` does not import on the driver, set ``sdpa`` (PyTorch's attention)
+    and say so, instead of a run dying minutes later in its actor workers. A value the config sets is kept (a
+    ``flash_attention_2`` set explicitly with a warning: the cluster's nodes may have flash-attn where the driver has
+    not). Returns the keys it set."""
+    import sys
+
+    from omegaconf import OmegaConf, open_dict
+    from verl.trainer.ppo.utils import need_critic
+
+    sections = ["actor_rollout_ref.model"] + (["critic.model"] if need_critic(config) else [])
+    error, changed = None, []
+    for section in sections:
+        model = OmegaConf.select(config, section, default=None)
+        if model is None:
+            continue
+        chosen = OmegaConf.select(model, "override_config.attn_implementation", default=None)
+        if chosen is not None and chosen != FLASH_ATTENTION:
+            continue
+        error = error or flash_attn_error()
+        if error is None:
+            return []
+        key = f"{section}.override_config.attn_implementation"
+        if chosen == FLASH_ATTENTION:
+            print(f"[e3] warning: {key}={FLASH_ATTENTION} is set but flash_attn does not import here ({error}); "
+                  f"verl's workers need it on every node", file=sys.stderr, flush=True)
+            continue
+        with open_dict(model):
+            if model.get("override_config") is None:
+                model.override_config = {}
+            model.override_config.attn_implementation = FALLBACK_ATTENTION
+        changed.append(key)
+    if changed:
+        print(f"[e3] flash_attn does not import here ({error}), and verl's default attention is {FLASH_ATTENTION}: "
+              f"this run uses {FALLBACK_ATTENTION} (PyTorch's attention; slower, more memory on long sequences) — "
+              f"{', '.join(f'{k}={FALLBACK_ATTENTION}' for k in changed)}. For flash-attn: pip install "
+              f"--no-build-isolation flash-attn==2.8.3 (README, GPU cluster); to keep {FLASH_ATTENTION} anyway (the "
+              f"cluster's nodes have it): +{changed[0]}={FLASH_ATTENTION}", file=sys.stderr, flush=True)
+    return changed
 
 
 def run(config) -> None:

@@ -1,5 +1,6 @@
 """Contract: the entry points. The trainer name resolves through verl's registry inside the task runner, and
 ``python -m e3.main_train`` on a machine without GPUs stops at once with a plain message (verl cannot run on CPU).
+Without flash-attn on the driver, the preflight turns verl's default ``flash_attention_2`` into ``sdpa`` and says so.
 
 Both run in fresh interpreters: verl's trainer registry must start without ``e3``, as in the Ray actor that
 ``run_ppo`` starts for the task runner.
@@ -77,3 +78,52 @@ def test_main_train_without_gpu_says_so_plainly(fresh_process):
     assert f"main_train exit: {NO_GPU_MESSAGE}" in fresh_process
     assert "verl needs NVIDIA GPUs" in NO_GPU_MESSAGE and "bash scripts/train.sh" in NO_GPU_MESSAGE
     assert "ray init" not in fresh_process  # stopped before Ray started
+
+
+def test_verl_still_defaults_to_flash_attention_2():
+    """What the fallback is for: verl 0.9.1 builds every HF model with ``flash_attention_2`` unless the model's
+    ``override_config.attn_implementation`` names another, and verl's ppo_trainer leaves ``override_config`` empty."""
+    import inspect
+
+    from e3.main_train import FLASH_ATTENTION, compose
+    from verl.workers.config.model import HFModelConfig
+
+    assert f'self.override_config.get("attn_implementation", "{FLASH_ATTENTION}")' in \
+        inspect.getsource(HFModelConfig.__post_init__)
+    assert dict(compose("e3_r1_1.5b").actor_rollout_ref.model.override_config) == {}
+
+
+@pytest.fixture
+def no_flash_attn():
+    from e3.main_train import flash_attn_error
+
+    if flash_attn_error() is None:
+        pytest.skip("flash_attn imports here: this checks the driver without it")
+
+
+CLUSTER = "+ray_kwargs.ray_init.address=10.1.2.3:6379"  # a cluster to join: the preflight passes the device check
+
+
+def test_preflight_falls_back_to_sdpa_without_flash_attn_and_says_so(no_flash_attn, capsys):
+    from e3.main_train import compose, preflight
+
+    cfg = compose("e3_r1_1.5b", [CLUSTER])
+    preflight(cfg)
+    assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    err = capsys.readouterr().err
+    assert "flash_attn does not import here" in err and "No module named 'flash_attn'" in err
+    assert "actor_rollout_ref.model.override_config.attn_implementation=sdpa" in err
+    assert "pip install --no-build-isolation flash-attn" in err
+
+
+@pytest.mark.parametrize("chosen", ["eager", "flash_attention_2"])
+def test_an_attention_the_user_sets_is_left_alone(no_flash_attn, capsys, chosen):
+    from e3.main_train import compose, preflight
+
+    cfg = compose("e3_r1_1.5b", [CLUSTER, f"+actor_rollout_ref.model.override_config.attn_implementation={chosen}"])
+    preflight(cfg)
+    assert cfg.actor_rollout_ref.model.override_config.attn_implementation == chosen
+    err = capsys.readouterr().err
+    assert "this run uses sdpa" not in err
+    if chosen == "flash_attention_2":  # kept, with a warning: the cluster's nodes may have flash-attn
+        assert "is set but flash_attn does not import here" in err
