@@ -156,6 +156,20 @@ class RewardConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """What the verl engine adds to verl's validation (``e3.engines.verl.validation``; the local engine's own
+    list is ``val.pass_k``)."""
+
+    pass_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """K of the unbiased ``val/pass@K`` (Chen et al. 2021, Eq. 1), overall and ``val/pass@K/<data_source>``. A K
+    above ``actor_rollout_ref.rollout.val_kwargs.n`` is skipped; with greedy validation (``val_kwargs.temperature``
+    0) or n = 1 only K = 1 (the mean accuracy) is logged."""
+
+    def validate(self) -> None:
+        _check(all(int(k) >= 1 for k in self.pass_k), "validation.pass_k", f"must be integers >= 1, got {self.pass_k}")
+
+
+@dataclass
 class E3Config:
     """All controller settings; the ``e3:`` section of every engine config."""
 
@@ -165,6 +179,7 @@ class E3Config:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def validate(self) -> "E3Config":
         for f in dataclasses.fields(self):
