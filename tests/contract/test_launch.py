@@ -190,3 +190,81 @@ def test_train_sh_lets_a_verl_config_join_a_cluster_without_a_local_gpu():
     assert "address: 10.1.2.3:6379" in joined.stdout and "trainer_mode: e3" in joined.stdout
     from_env = train_sh("--config", "e3_r1_1.5b", "--cfg", "job", RAY_ADDRESS="10.1.2.3:6379")
     assert from_env.returncode == 0 and "trainer_mode: e3" in from_env.stdout, from_env.stderr[-3000:]
+
+
+OVERLAY = """\
+# my own E3 run on verl: verl's ppo_trainer, our overlay and the 1.5B recipe, one change
+defaults:
+  - ppo_trainer
+  - recipe/overlay
+  - recipe/r1_1.5b
+  - _self_
+trainer:
+  experiment_name: my_overlay
+  total_epochs: 1
+"""
+
+
+def test_a_verl_overlay_file_runs_verl_with_run_dir_and_resume_as_verl_keys(tmp_path):
+    """``train.sh --config my_verl.yaml --run-dir DIR --resume`` goes to ``e3.main_train`` (not the local engine),
+    composed from the file with verl's and our configs found; ``--cfg job`` prints what would run."""
+    overlay = tmp_path / "my_verl.yaml"
+    overlay.write_text(OVERLAY)
+    run = tmp_path / "run"
+    proc = subprocess.run(["bash", str(TRAIN_SH), "--config", "my_verl.yaml", "--run-dir", str(run), "--resume",
+                           "--cfg", "job"], cwd=tmp_path, env=env_without_gpu(), capture_output=True, text=True,
+                          timeout=300)  # a path relative to where the command is typed
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "experiment_name: my_overlay" in out and "total_epochs: 1" in out
+    assert "trainer_mode: e3" in out and "adv_estimator: grpo" in out and "lr: 5.0e-06" in out  # overlay + recipe
+    assert f"default_local_dir: {run}/checkpoints" in out and "resume_mode: auto" in out
+    assert "no verl checkpoint" in out  # --resume of a fresh folder says it starts at step 0
+
+    from e3.main_train import compose
+
+    cfg = compose(str(overlay))  # the library composes the same file
+    assert cfg.trainer.experiment_name == "my_overlay" and cfg.data.train_batch_size == 64
+    assert cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class == "e3.engines.verl.rollout.E3AgentLoopManager"
+
+
+def test_a_local_overlay_file_still_runs_the_local_engine(tmp_path):
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text("defaults: [grpo, _self_]\ntrainer: {total_steps: 3}\n")
+    proc = train_sh("--config", str(overlay), "--print-config")  # the local engine's own flag
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "total_steps: 3" in proc.stdout and "actor_rollout_ref" not in proc.stdout
+
+
+def test_run_dir_of_verl_cpu_tiny_is_its_run_folder(tmp_path):
+    proc = train_sh("--config", "verl_cpu_tiny", "--run-dir", str(tmp_path / "r"), "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"run_dir: {tmp_path / 'r'}" in proc.stdout and "resume_mode: disable" in proc.stdout
+    assert "default_local_dir: ${cpu_tiny.run_dir}/checkpoints" in proc.stdout
+
+
+def test_run_dir_refusals_are_one_line(tmp_path):
+    """The mapping itself (``e3.main_train.hydra_argv``, what ``python -m e3.main_train`` runs first)."""
+    from e3.main_train import ConfigError, engine_of, hydra_argv
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "global_step_4").mkdir(parents=True)
+    (run / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("4")
+    with pytest.raises(ConfigError, match=r"already holds verl checkpoints; pass --resume"):
+        hydra_argv(["--config", "verl_cpu_tiny", "--run-dir", str(run)])
+    assert hydra_argv(["--config", "verl_cpu_tiny", "--run-dir", str(run), "--resume", "trainer.save_freq=2"]) == [
+        "--config-name", "verl_cpu_tiny", f"cpu_tiny.run_dir={run}", "trainer.resume_mode=auto", "trainer.save_freq=2"]
+    with pytest.raises(ConfigError, match=r"--resume needs --run-dir"):
+        hydra_argv(["--config", "verl_cpu_tiny", "--resume"])
+    with pytest.raises(ConfigError, match=r"--config nope: neither a YAML file nor a verl config"):
+        hydra_argv(["--config", "nope"])
+    bad = tmp_path / "on_shipped.yaml"
+    bad.write_text("defaults: [e3_r1_1.5b, _self_]\n")
+    assert engine_of(str(bad)) == "verl"
+    with pytest.raises(ConfigError, match=r"defaults: \[ppo_trainer, recipe/overlay, recipe/r1_1.5b, _self_\]"):
+        hydra_argv(["--config", str(bad)])
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("actor_rollout_ref: {rollout: {n: 4}}\n")
+    assert engine_of(str(flat)) == "verl"
+    with pytest.raises(ConfigError, match=r"needs a defaults list"):
+        hydra_argv(["--config", str(flat)])
