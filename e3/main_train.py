@@ -6,9 +6,15 @@ overlay (trainer ``e3``, the temperature-aware agent loop, the math reward, the 
 hydra's (``e3.temperature.enable=false data.train_files=...``); ``--cfg job`` prints the composed config.
 
 The steps mirror verl's ``main_ppo.main`` (device, ``validate_config``, ``run_ppo``) with our task runner, which
-registers the ``e3`` trainer inside its Ray actor. A config with ``trainer.device=cpu`` (``verl_cpu_tiny``) runs
-verl on the CPU through the ``e3.engines.verl.cpu`` plugin, activated here before verl starts; its ``cpu_tiny``
-section is filled with the locally built model and data, and a summary is printed at the end.
+registers the ``e3`` trainer inside its Ray actor; a config with another of verl's v1 trainers
+(``trainer.v1.trainer_mode=sync``: stock verl, no ``e3:`` section needed) runs with verl's own ``TaskRunnerV1``.
+A config with ``trainer.device=cpu`` runs verl on the CPU through the ``e3.engines.verl.cpu`` plugin, activated
+here before verl starts: ``verl_cpu_tiny`` (E3; its ``cpu_tiny`` section is filled with the locally built model
+and data, and a summary is printed at the end) or ``verl_cpu_grpo`` (verl's own GRPO on the user's model and files).
+
+``scripts/train.sh`` calls ``python -m e3.main_train --config NAME_OR_FILE [--run-dir DIR] [--resume] k=v ...``:
+``hydra_argv`` turns these flags into hydra's arguments and verl's keys (a verl overlay file is composed from its
+folder with verl's and our configs on the search path; ``engine_of`` tells such a file from a local-engine one).
 
 GPUs are counted where verl runs, on its Ray cluster. A driver without a GPU that joins a cluster
 (``+ray_kwargs.ray_init.address=HEAD:PORT``, or ``RAY_ADDRESS`` as ``ray job submit`` sets it) starts: once verl's
@@ -37,6 +43,10 @@ NO_GPU_MESSAGE = ("verl needs NVIDIA GPUs (trainer.device=cuda) and none is visi
 NO_CLUSTER_GPU_MESSAGE = ("verl needs NVIDIA GPUs (trainer.device=cuda) and the Ray cluster at {address} has none "
                           "(ray.cluster_resources() lists no GPU): start its nodes on GPU machines (ray start "
                           "--num-gpus=N), or run verl on the CPU (bash scripts/train.sh --config verl_cpu_tiny)")
+
+
+class ConfigError(ValueError):
+    """A launch that cannot run as given; ``python -m e3.main_train`` prints it as one line and exits 2."""
 
 
 def ray_address(config) -> str | None:
@@ -80,8 +90,9 @@ class ClusterCheckedRunner:
 
 
 def preflight(config) -> None:
-    """Checks that must fail on the driver, in seconds, before Ray starts: our section, verl's own, the device (no
-    GPU here and no Ray cluster to join; a cluster's GPUs are counted once Ray connects, see ``check_cluster_gpus``)."""
+    """Checks that must fail on the driver, in seconds, before Ray starts: the trainer, the ``e3:`` section (for the
+    ``e3`` trainer), the device (no GPU here and no Ray cluster to join; a cluster's GPUs are counted once Ray
+    connects, see ``check_cluster_gpus``), the attention fallback, verl's own ``validate_config``."""
     import ray
     import torch
 
@@ -90,16 +101,47 @@ def preflight(config) -> None:
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    check_supported(config, e3_config_from(config))
-    if not config.trainer.use_v1 or config.trainer.v1.trainer_mode != TRAINER_NAME:
-        raise ValueError(f"e3.main_train runs verl's v1 trainer registered as {TRAINER_NAME!r}: keep "
-                         f"trainer.use_v1=true and trainer.v1.trainer_mode={TRAINER_NAME}")
+    check_required(config)
+    mode = check_trainer_mode(config)
+    if mode == TRAINER_NAME:
+        check_supported(config, e3_config_from(config))
     auto_set_device(config)
     if config.trainer.device == "cuda" and not torch.cuda.is_available() and ray_address(config) is None \
             and not ray.is_initialized():
         raise SystemExit(NO_GPU_MESSAGE)
     attention_fallback(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+
+
+REQUIRED = ("actor_rollout_ref.model.path", "data.train_files", "data.val_files")
+
+
+def check_required(config) -> None:
+    """The keys every run needs and a config may leave to the command line (``verl_cpu_grpo``): one error naming
+    all that are unset."""
+    from omegaconf import OmegaConf
+
+    unset = [k for k in REQUIRED if OmegaConf.is_missing(config, k) or OmegaConf.select(config, k) in (None, "", [])]
+    if unset:
+        raise ConfigError(f"{', '.join(unset)} not set: give {'them' if len(unset) > 1 else 'it'} on the command line "
+                          f"({' '.join(f'{k}=...' for k in unset)}; the model a Hugging Face model directory, the "
+                          f"files verl parquet)")
+
+
+def check_trainer_mode(config) -> str:
+    """``trainer.v1.trainer_mode``: ``e3`` (the E3 trainer) or another trainer of verl's v1 registry (stock verl,
+    e.g. ``sync``); verl's legacy trainer (``trainer.use_v1=false``) is not run here."""
+    from e3.engines.verl.trainer import TRAINER_NAME
+    from verl.trainer.ppo.v1 import trainer_base
+
+    if not config.trainer.use_v1:
+        raise ConfigError("trainer.use_v1=false: e3.main_train runs verl's v1 trainers (trainer.use_v1=true); verl's "
+                          "legacy trainer runs with python -m verl.trainer.main_ppo")
+    mode = str(config.trainer.v1.trainer_mode)
+    known = sorted(set(trainer_base.TRAINER_REGISTRY) | {TRAINER_NAME})
+    if mode not in known:
+        raise ConfigError(f"trainer.v1.trainer_mode={mode}: not a verl v1 trainer (known: {', '.join(known)})")
+    return mode
 
 
 FLASH_ATTENTION = "flash_attention_2"  # verl 0.9.1's default: HFModelConfig reads override_config.attn_implementation
@@ -158,18 +200,22 @@ def attention_fallback(config) -> list[str]:
 
 
 def run(config) -> None:
-    """Preflight, then verl's ``run_ppo`` with ``E3TaskRunner`` as a 1-CPU Ray actor (its GPUs counted once verl
-    has connected Ray)."""
+    """Preflight, then verl's ``run_ppo`` with the task runner (its GPUs counted once verl has connected Ray):
+    ``E3TaskRunner`` as a 1-CPU Ray actor for the ``e3`` trainer, verl's own ``TaskRunnerV1`` for verl's trainers."""
     import ray
     from omegaconf import OmegaConf
 
     from e3.engines.verl.runner import E3TaskRunner
-    from verl.trainer.main_ppo import run_ppo
+    from e3.engines.verl.trainer import TRAINER_NAME
+    from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
 
     run_dir = prepare_cpu(config)
     preflight(config)
-    runner = ray.remote(num_cpus=1)(E3TaskRunner)
+    runner = ray.remote(num_cpus=1)(E3TaskRunner) if config.trainer.v1.trainer_mode == TRAINER_NAME else TaskRunnerV1
     env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
+    metrics = (env_vars or {}).get("VERL_FILE_LOGGER_PATH") or os.environ.get("VERL_FILE_LOGGER_PATH")
+    if metrics and "file" in list(config.trainer.get("logger") or []):  # verl's file logger opens it, folder or not
+        os.makedirs(os.path.dirname(os.path.abspath(os.path.expanduser(str(metrics)))), exist_ok=True)
     if env_vars is not None and ray.is_initialized():  # Ray started elsewhere (a notebook, a test): its env is not
         runner = runner.options(runtime_env={"env_vars": OmegaConf.to_container(env_vars)})  # the config's
     run_ppo(config, task_runner_class=ClusterCheckedRunner(runner, config))
@@ -181,7 +227,8 @@ def run(config) -> None:
 
 def prepare_cpu(config) -> str | None:
     """For ``trainer.device=cpu``: build the ``cpu_tiny`` assets if the config has that section (returns its run
-    folder), resolve the config, and activate the CPU plugin in this process with the env vars it gives Ray."""
+    folder), resolve the config, refuse what the CPU plugin cannot run, and activate the plugin in this process with
+    the env vars it gives Ray (any verl config: ``verl_cpu_tiny`` with E3, ``verl_cpu_grpo`` with verl's own GRPO)."""
     from omegaconf import OmegaConf
 
     if config.trainer.device != "cpu":
@@ -192,18 +239,18 @@ def prepare_cpu(config) -> str | None:
 
         run_dir = prepare_run(config)
     OmegaConf.resolve(config)
-    from e3.engines.verl.cpu import activate
+    from e3.engines.verl.cpu import activate, check_supported
     from e3.engines.verl.cpu.sampler import check_config
 
-    check_config(config)
+    try:
+        check_supported(config)
+        check_config(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
     env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
     activate(OmegaConf.to_container(env_vars) if env_vars is not None else None)
     return run_dir
-
-
-class ConfigError(ValueError):
-    """A launch that cannot run as given; ``python -m e3.main_train`` prints it as one line and exits 2."""
 
 
 VERL_TOP_KEYS = {"actor_rollout_ref", "critic", "algorithm", "ray_kwargs", "transfer_queue", "global_profiler",

@@ -36,9 +36,10 @@ def has_gpu() -> bool:
 
 
 def env_without_gpu(**extra) -> dict:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "E3_GPU": "0",
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)
+    env.pop("E3_GPU", None)  # scripts/_venv.sh decides by nvidia-smi, as in a fresh shell (never a reinstall)
     return {**env, **extra}
 
 

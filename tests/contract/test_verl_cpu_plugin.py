@@ -7,7 +7,12 @@
 - The ``hf`` rollout server samples every request with its own parameters (per-request temperature; its
   log-probs are log softmax(logits / tau)) and refuses a weight sync that does not match its model name for name.
 
-The server is driven in-process here (no Ray); ``tests/e2e/test_verl_cpu.py`` runs it as verl's Ray actor.
+- ``verl_cpu_grpo`` (verl's own GRPO with the plugin's settings, no E3) composes and passes verl's checks with a
+  user's model and files; without them ``scripts/train.sh`` stops naming the keys; settings the plugin cannot run are
+  refused naming the key.
+
+The server is driven in-process here (no Ray); ``tests/e2e/test_verl_cpu.py`` runs it as verl's Ray actor, and
+``tests/e2e/test_verl_cpu_grpo.py`` runs ``verl_cpu_grpo``.
 """
 
 from __future__ import annotations
@@ -246,3 +251,74 @@ def test_the_cpu_config_composes_and_passes_the_checks_before_workers_start():
     assert cfg.ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM == "e3_cpu"
     check_supported(cfg, e3_config_from(cfg))
     validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+
+
+USER = ["actor_rollout_ref.model.path=/my/hf_model", "data.train_files=/my/train.parquet",
+        "data.val_files=/my/val.parquet"]
+
+
+def test_the_stock_grpo_config_is_verl_with_the_plugin_settings_and_nothing_of_e3():
+    from omegaconf import OmegaConf
+
+    from e3.engines.verl.cpu import check_supported
+    from e3.engines.verl.cpu.sampler import check_config
+    from e3.main_train import check_required, check_trainer_mode, compose
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    cfg = compose("verl_cpu_grpo", USER)
+    assert "e3" not in cfg and "cpu_tiny" not in cfg
+    assert check_trainer_mode(cfg) == "sync" and cfg.algorithm.adv_estimator == "grpo"
+    assert OmegaConf.select(cfg, "actor_rollout_ref.rollout.agent.agent_loop_manager_class") is None  # verl's own
+    assert cfg.reward.custom_reward_function.path is None  # verl's default scorer by data_source
+    assert (cfg.trainer.device, cfg.actor_rollout_ref.rollout.name, cfg.actor_rollout_ref.actor.strategy) == \
+        ("cpu", "hf", "fsdp2")
+    assert cfg.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+    assert dict(cfg.actor_rollout_ref.actor.fsdp_config.mixed_precision) == \
+        {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+    assert cfg.trainer.v1.sampler.custom_sampler.name == "PollingReplayBuffer"
+    assert cfg.transfer_queue.backend.SimpleStorage.num_data_storage_units == 1
+    env = cfg.ray_kwargs.ray_init.runtime_env.env_vars
+    assert (env.VERL_USE_EXTERNAL_MODULES, env.VERL_PLATFORM, env.VERL_ENGINE_DEVICE) == \
+        ("e3.engines.verl.cpu", "e3_cpu", "cuda")
+    check_required(cfg)
+    check_supported(cfg)
+    check_config(cfg)
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+
+
+def test_the_stock_grpo_config_without_model_and_files_stops_naming_them(repo_root):
+    proc = subprocess.run(["bash", str(repo_root / "scripts" / "train.sh"), "--config", "verl_cpu_grpo",
+                           "data.train_files=/my/train.parquet"], capture_output=True, text=True, timeout=300,
+                          cwd=repo_root)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: actor_rollout_ref.model.path, data.val_files not set: give them on the command line "
+                      "(actor_rollout_ref.model.path=... data.val_files=...; the model a Hugging Face model directory, "
+                      "the files verl parquet)"]
+    assert "Traceback" not in proc.stderr and "ray init" not in proc.stdout  # one line, before Ray starts
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.v1.trainer_mode=separate_async", "trainer.v1.trainer_mode=separate_async"),
+    ("actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.name=vllm"),
+    ("actor_rollout_ref.rollout.tensor_model_parallel_size=2", "actor_rollout_ref.rollout.tensor_model_parallel_size=2"),
+    ("actor_rollout_ref.actor.strategy=fsdp", "actor_rollout_ref.actor.strategy=fsdp"),
+])
+def test_what_the_plugin_cannot_run_is_refused_naming_the_key(override, key):
+    import re
+
+    from e3.engines.verl.cpu import check_supported
+    from e3.main_train import compose
+
+    with pytest.raises(ValueError, match=re.escape(key)):
+        check_supported(compose("verl_cpu_grpo", USER + [override]))
+
+
+def test_trainers_e3_main_train_does_not_run_are_refused_naming_the_key():
+    from e3.main_train import ConfigError, check_trainer_mode, compose
+
+    with pytest.raises(ConfigError, match=r"trainer\.use_v1=false"):
+        check_trainer_mode(compose("verl_cpu_grpo", USER + ["trainer.use_v1=false"]))
+    with pytest.raises(ConfigError, match=r"trainer\.v1\.trainer_mode=nope: not a verl v1 trainer"):
+        check_trainer_mode(compose("verl_cpu_grpo", USER + ["trainer.v1.trainer_mode=nope"]))

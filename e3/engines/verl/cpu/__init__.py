@@ -12,7 +12,11 @@ The last two touch verl internals; both live in ``verl_internals`` and fail loud
 ``RUNTIME_ENV`` is what every process needs (``VERL_ENGINE_DEVICE=cuda`` is verl's own override that selects its FSDP
 training engine, registered for cuda/npu only, on this platform). A run config sets it for Ray's workers under
 ``ray_kwargs.ray_init.runtime_env.env_vars`` (see ``e3/config/verl_cpu_tiny.yaml``); ``activate()`` sets it in the
-driver.
+driver. ``check_supported`` refuses, before Ray starts, the settings this plugin cannot run (naming the key).
+
+Scope: verl's synchronous v1 trainer (``trainer.v1.trainer_mode=sync``, or ``e3`` built on it) with the hybrid
+engine, FSDP2 (fp32 on the CPU), one rollout process per replica (tensor parallel 1), text prompts. Any verl config
+can use it (``e3/config/cpu/plugin.yaml`` holds the settings; ``verl_cpu_grpo`` is verl's own GRPO with them).
 """
 
 from __future__ import annotations
@@ -53,6 +57,29 @@ def activate(env: dict | None = None) -> None:
     if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME and \
             not isinstance(get_platform(), CPUPlatform):
         set_platform(CPUPlatform())  # the singleton was created before VERL_PLATFORM was set
+
+
+SYNC_TRAINERS = ("sync", "e3")  # verl's PPOTrainerSync and E3Trainer (its subclass): the hybrid engine
+
+
+def check_supported(config) -> None:
+    """Refuse a ``trainer.device=cpu`` config this plugin cannot run, naming the key (``ValueError``)."""
+    mode = config.trainer.v1.trainer_mode
+    if mode not in SYNC_TRAINERS:
+        raise ValueError(f"trainer.v1.trainer_mode={mode}: on the CPU (e3_cpu platform) verl's synchronous trainer "
+                         f"runs, with the actor and the rollout sharing a worker: use one of {list(SYNC_TRAINERS)}")
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.name != ROLLOUT_NAME:
+        raise ValueError(f"actor_rollout_ref.rollout.name={rollout.name}: on the CPU the rollout backend is "
+                         f"{ROLLOUT_NAME!r} (transformers generate); vLLM and SGLang need GPUs")
+    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
+        if int(rollout.get(key, 1) or 1) != 1:
+            raise ValueError(f"actor_rollout_ref.rollout.{key}={rollout.get(key)}: the {ROLLOUT_NAME} rollout runs "
+                             f"one process per replica (set it to 1)")
+    strategy = config.actor_rollout_ref.actor.strategy
+    if strategy != "fsdp2":
+        raise ValueError(f"actor_rollout_ref.actor.strategy={strategy}: on the CPU verl's FSDP2 engine runs "
+                         f"(FSDP1 and Megatron touch the accelerator): set fsdp2")
 
 
 _register()
