@@ -15,7 +15,7 @@ from e3.main_train import CONFIG_DIR
 
 PAPER = ["e3_r1_1.5b", "e3_r1_7b"]
 ONE_GPU = ["e3_r1_1.5b_1gpu"]
-CPU = ["verl_cpu_tiny"]  # verl on the CPU: checked by test_verl_cpu_plugin.py and tests/e2e/test_verl_cpu.py
+CPU = ["verl_cpu_grpo", "verl_cpu_tiny"]  # verl on the CPU: test_verl_cpu_plugin.py and tests/e2e/
 ABLATIONS = {"e3_r1_1.5b_grpo": (False, False, False), "e3_r1_1.5b_ts": (False, True, False),
              "e3_r1_1.5b_ts_an": (False, True, True), "e3_r1_1.5b_dr": (True, False, False)}
 
@@ -73,7 +73,7 @@ def test_run_configs_pass_verls_own_validation(name):
 
 
 def test_e3_section_mirrors_the_typed_config():
-    section = OmegaConf.to_container(compose("e3_trainer").e3)
+    section = OmegaConf.to_container(compose("e3_trainer").e3, resolve=True)
     defaults = E3Config().to_dict()
     assert {k: sorted(v) for k, v in section.items()} == {k: sorted(v) for k, v in defaults.items()}
     expected = {**defaults, "curriculum": {**defaults["curriculum"], "mode": "offline"}}  # verl: offline only
@@ -95,6 +95,68 @@ def test_paper_runs_have_the_papers_settings():
     assert small.actor_rollout_ref.actor.optim.lr == 5e-6 and small.trainer.n_gpus_per_node == 4
     assert large.actor_rollout_ref.model.path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
     assert large.actor_rollout_ref.actor.optim.lr == 2e-6 and large.trainer.n_gpus_per_node == 8
+
+
+@pytest.mark.parametrize("name", ["e3_trainer", *PAPER, *ONE_GPU, *ABLATIONS, "verl_cpu_tiny"])
+def test_every_shipped_e3_config_trains_with_fsdp2(name):
+    """One strategy for the GPU configs and the CPU end-to-end run: verl's FSDP2 engine (FSDP1 is deprecating)."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = compose(name)
+    assert cfg.actor_rollout_ref.actor.strategy == "fsdp2" and cfg.actor_rollout_ref.ref.strategy == "fsdp2"
+    if name != "e3_trainer":  # the template leaves micro-batch sizes to the user; verl's dataclass needs them
+        assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).engine.strategy == "fsdp2"  # the engine's
+
+
+def test_tau_0_is_verls_rollout_temperature():
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+
+    cfg = compose("e3_r1_1.5b_grpo", "actor_rollout_ref.rollout.temperature=0.6")  # a fixed-tau ablation at 0.6
+    e3 = e3_config_from(cfg)
+    assert e3.temperature.init_temperature == 0.6 and not e3.temperature.enable
+    check_supported(cfg, e3)
+    cold = compose("e3_r1_1.5b_grpo", "actor_rollout_ref.rollout.temperature=0.3")  # below tau_min: no scheduler
+    check_supported(cold, e3_config_from(cold))
+    clash = compose("e3_r1_1.5b", "e3.temperature.init_temperature=0.8")
+    with pytest.raises(ValueError, match=r"e3.temperature.init_temperature=0.8 contradicts "
+                                         r"actor_rollout_ref.rollout.temperature=1.0"):
+        check_supported(clash, e3_config_from(clash))
+    hot = compose("e3_r1_1.5b", "actor_rollout_ref.rollout.temperature=3.0")  # scheduler on: outside its clamps
+    with pytest.raises(ValueError, match=r"init_temperature.*on verl it is actor_rollout_ref.rollout.temperature"):
+        e3_config_from(hot)
+    # no e3 section at all (a user's own verl config): tau_0 still comes from rollout.temperature
+    bare = compose("e3_r1_1.5b", "actor_rollout_ref.rollout.temperature=0.7")
+    OmegaConf.set_struct(bare, False)
+    bare.pop("e3")
+    assert e3_config_from(bare).temperature.init_temperature == 0.7
+
+
+def test_dr_grpo_is_verls_norm_adv_by_std_in_grpo():
+    from e3.engines.verl.trainer import check_supported, e3_config_from
+
+    cfg = compose("e3_r1_1.5b", "algorithm.norm_adv_by_std_in_grpo=false")
+    e3 = e3_config_from(cfg)
+    assert e3.advantage.norm_by_std is False
+    check_supported(cfg, e3)
+    clash = compose("e3_r1_1.5b", "e3.advantage.norm_by_std=false")
+    with pytest.raises(ValueError, match=r"e3.advantage.norm_by_std=False contradicts "
+                                         r"algorithm.norm_adv_by_std_in_grpo=True"):
+        check_supported(clash, e3_config_from(clash))
+
+
+@pytest.mark.parametrize("overrides,dtype", [
+    ((), "bf16"),  # verl's default mixed precision
+    (("+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",), "fp32"),
+    (("+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp16",), "fp16"),
+    # a reference policy in bf16 beside an fp32 actor: the coarser grid serves both
+    (("+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32", "algorithm.use_kl_in_reward=true"),
+     "bf16"),
+])
+def test_tau_is_emitted_in_the_dtype_the_training_passes_divide_by(overrides, dtype):
+    from e3.engines.verl.trainer import logits_dtype
+
+    assert logits_dtype(compose("e3_r1_1.5b", *overrides)) == dtype
+    assert logits_dtype(compose("verl_cpu_tiny")) == "fp32"
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))

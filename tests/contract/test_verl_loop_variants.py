@@ -71,6 +71,9 @@ def run(cluster, workdir):
                   "actor_rollout_ref.rollout.calculate_log_probs=true",
                   "algorithm.use_kl_in_reward=true", f"algorithm.kl_ctrl.kl_coef={KL_COEF}",
                   "e3.weighting.enable=true", "trainer.v1.sampler.sync_refill_failed_groups=true",
+                  # the tiny models compute in fp32 (TinyActorGroup), so tau is emitted on the fp32 grid
+                  "+actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32",
+                  "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype=fp32",
                   batch=B, n=N)
     failures = Failures()
     server = ScriptedServer(AutoTokenizer.from_pretrained(model), fail=failures,
@@ -168,3 +171,23 @@ def test_refilled_prompt_inherits_the_evicted_budget_and_only_real_rollouts_are_
     last = {c["step"]: dict(zip(c["index"], c["accuracy"])) for c in trainer.counts}[3]
     for k, s in scores.items():
         assert counts[3][k] == len(s) and last[k] == pytest.approx(np.mean(s))
+
+
+def test_the_step_logs_what_it_trained_beside_what_it_planned(run):
+    """Step 2 lost one request of one prompt: planned B x n, trained one less, that prompt's trained budget n_i - 1.
+    Step 3's evicted prompt is out of the step (its budget went to the replacement), so nothing is missing there."""
+    trainer = run["trainer"]
+    partial = run["failures"].victims[1]
+    m1, m2, m3 = trainer.step_metrics
+    assert (m1["rollout/n_trained_total"], m1["rollout/n_failed"]) == (B * N, 0)
+    assert (m2["rollout/n_total"], m2["rollout/n_trained_total"], m2["rollout/n_failed"]) == (B * N, B * N - 1, 1)
+    step2 = next(p for p in trainer.plans if p["step"] == 2)
+    trained = Counter(step2["n"])
+    n_partial = step2["n"][step2["index"].index(partial)]
+    trained[n_partial] -= 1
+    trained[n_partial - 1] += 1
+    logged = {int(k.rsplit("/", 1)[1]): v for k, v in m2.items() if k.startswith("rollout/n_trained_count/")}
+    assert {n: c for n, c in logged.items() if c} == {n: c for n, c in trained.items() if c}
+    assert (m3["rollout/n_trained_total"], m3["rollout/n_failed"]) == (B * N, 0)
+    real = [len(real_rows(rec)) for rec in trainer.adv_rows]
+    assert [m["rollout/n_trained_total"] for m in (m1, m2, m3)] == real

@@ -21,29 +21,75 @@ def test_pinned_version():
     assert importlib.metadata.version("verl") == "0.9.1"
 
 
-def test_trainer_symbols_and_hooks():
-    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, PPOTrainer, get_trainer_cls, register_trainer
-    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+def test_the_runtime_guard_passes_on_the_pinned_verl():
+    from e3.engines.verl.internals import VERL_VERSION, check_verl_internals
 
-    assert get_trainer_cls("sync") is PPOTrainerSync and TRAINER_REGISTRY["sync"] is PPOTrainerSync
-    assert callable(register_trainer)
-    # the methods E3Trainer overrides, with the signatures it calls super() with
-    assert params(PPOTrainer.__init__) == ["self", "config"]
-    assert params(PPOTrainer._init_dataloader) == ["self"]
-    assert params(PPOTrainer.on_step_begin) == ["self"]
-    assert params(PPOTrainer._next_train_batch) == ["self", "num_prompts"]
-    assert params(PPOTrainer._compute_old_log_prob) == ["self", "batch", "metrics"]
-    assert params(PPOTrainer._compute_advantage) == ["self", "batch", "metrics"]
-    assert params(PPOTrainer.step) == ["self", "metrics", "timing_raw"]
-    assert params(PPOTrainer._val_metrics_update) == ["self", "data_sources", "sample_uids",
-                                                      "reward_extra_infos_dict", "sample_turns",
-                                                      "expected_acc_counts"]
-    assert params(PPOTrainer._save_checkpoint) == ["self"] and params(PPOTrainer._load_checkpoint) == ["self"]
-    # behaviour the adapter depends on
-    init = inspect.getsource(PPOTrainer.__init__)
-    assert "self.trainer_mode = self.config.trainer.v1.trainer_mode" in init  # E3Trainer maps it to "sync"
-    for method in (PPOTrainer._compute_old_log_prob, PPOTrainer._update_actor, PPOTrainer._step_once):
-        assert "self.config.actor_rollout_ref.rollout.temperature" in inspect.getsource(method)
+    assert VERL_VERSION == importlib.metadata.version("verl")
+    check_verl_internals()  # the trainer hooks, TransferQueue fields, __rollout_n__, __ray_actor_class__
+
+
+def _run_prompt_without_rollout_n(self, prompt, sampling_params, trajectory, trace=False):
+    n = self.config.actor_rollout_ref.rollout.n
+    return [prompt] * n
+
+
+@pytest.mark.parametrize("target,replacement,symbol", [
+    ("verl.trainer.ppo.v1.agent_loop_tq.AgentLoopWorkerTQ.__ray_actor_class__._run_prompt",
+     _run_prompt_without_rollout_n, "AgentLoopWorkerTQ._run_prompt"),
+    ("verl.trainer.ppo.v1.trainer_sync.PPOTrainerSync._compute_advantage",
+     lambda self, batch, metrics, extra=None: batch, "PPOTrainer._compute_advantage"),
+    ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._update_actor",
+     lambda self, batch: batch, "PPOTrainer._update_actor"),
+])
+def test_the_runtime_guard_names_a_changed_internal_and_the_supported_version(monkeypatch, target, replacement,
+                                                                              symbol):
+    """A verl whose hook, agent loop or temperature plumbing moved: the trainer's constructor fails first, naming
+    the symbol and verl 0.9.1 (monkeypatched here: only one verl is installed)."""
+    import importlib as il
+
+    from e3.engines.verl.internals import VerlInternalsChanged, check_verl_internals
+
+    module_name, _, attr = target.rpartition(".")
+    owner_path = module_name.split(".")
+    for cut in range(len(owner_path), 0, -1):  # the longest importable prefix, then attributes
+        try:
+            owner = il.import_module(".".join(owner_path[:cut]))
+            break
+        except ModuleNotFoundError:
+            continue
+    for part in owner_path[cut:]:
+        owner = getattr(owner, part)
+    monkeypatch.setattr(owner, attr, replacement)
+    with pytest.raises(VerlInternalsChanged, match=r"verl==0\.9\.1") as err:
+        check_verl_internals()
+    assert symbol in str(err.value)
+
+
+def test_the_runtime_guard_refuses_another_verl_version(monkeypatch):
+    from e3.engines.verl import internals
+
+    monkeypatch.setattr(internals.importlib.metadata, "version", lambda name: "0.10.0")
+    with pytest.raises(internals.VerlInternalsChanged, match=r"installed verl is 0\.10\.0"):
+        internals.check_verl_internals()
+
+
+def test_the_trainer_runs_the_guard_before_anything_else(monkeypatch):
+    from e3.engines.verl import trainer
+    from e3.engines.verl.internals import VerlInternalsChanged
+
+    def refuse():
+        raise VerlInternalsChanged("stop")
+
+    monkeypatch.setattr(trainer, "check_verl_internals", refuse)
+    with pytest.raises(VerlInternalsChanged, match="stop"):
+        trainer.E3Trainer(config=None)  # fails before the config is read
+
+
+def test_trainer_behaviour_the_adapter_depends_on():
+    """Behaviour beyond the guard's shape checks: loop order, checkpoint layout, entropy metric, the verl key for
+    Dr. GRPO the adapter honours."""
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
     assert '"actor/entropy"' in inspect.getsource(PPOTrainer._compute_old_log_prob)
     fit = inspect.getsource(PPOTrainer.fit)
     assert fit.index("self.step(metrics") < fit.index("self._save_checkpoint()") < fit.index("self.on_step_end()")
@@ -51,18 +97,13 @@ def test_trainer_symbols_and_hooks():
     assert 'global_step_folder.split("global_step_")' in load and "resume_from_path" in load
     save = inspect.getsource(PPOTrainer._save_checkpoint)
     assert save.index('f"global_step_{self.global_steps}"') < save.index("latest_checkpointed_iteration.txt")
+    assert 'norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo"' in inspect.getsource(
+        PPOTrainer._compute_advantage)
 
 
 def test_rollout_symbols():
-    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
     from verl.workers.config.rollout import AgentLoopConfig
 
-    worker_cls = AgentLoopWorkerTQ.__ray_actor_class__
-    assert params(worker_cls._run_prompt) == ["self", "prompt", "sampling_params", "trajectory", "trace"]
-    run_prompt = inspect.getsource(worker_cls._run_prompt)
-    assert 'prompt.pop("__rollout_n__"' in run_prompt  # verl's native per-prompt n
-    assert "range(n)" in run_prompt and "session_id=i" in run_prompt
-    assert "self.agent_loop_workers_class = AgentLoopWorkerTQ" in inspect.getsource(AgentLoopManagerTQ.__init__)
     assert "agent_loop_manager_class" in AgentLoopConfig.__dataclass_fields__
 
 

@@ -22,7 +22,7 @@ tq = pytest.importorskip("transfer_queue")
 
 
 from e3.advantage import grpo_advantages  # noqa: E402
-from e3.temperature import temperature_update  # noqa: E402
+from e3.temperature import representable, temperature_update  # noqa: E402
 
 from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls  # noqa: E402
 
@@ -93,8 +93,11 @@ def test_log_prob_and_update_passes_use_the_step_temperature(run):
         assert tau1 == tau2 == p["config_tau"]  # bit-identical to what the rollout got (previous test)
     taus = [p["tau"][0] for p in run["trainer"].plans]
     assert taus[0] == taus[1] == 1.0 and len(set(taus[2:])) > 1  # warm-up at tau_0, then scheduled
-    # a scheduled tau is a float64 value that float32 cannot hold: the float32 column used to change it
-    assert any(float(np.float32(t)) != t for t in taus[2:])
+    # verl's engine divides the logits by tau cast to the logits dtype (bf16: verl's default mixed precision here),
+    # so every emitted tau is on the bf16 grid, while the scheduler keeps its exact value
+    assert all(representable(t, "bf16") == t for t in taus)
+    exact = [p["exact_tau"] for p in run["trainer"].plans]
+    assert any(e != t for e, t in zip(exact[2:], taus[2:]))
 
 
 def token_mean_by_hand(rec) -> float:
@@ -116,11 +119,13 @@ def test_the_scheduler_steps_on_the_token_mean_entropy(run):
         m = metrics[step]
         assert m["rollout/entropy"] == pytest.approx(by_step[step], rel=1e-9)
         assert m["actor/entropy"] > 2 * m["rollout/entropy"]  # verl's value: summed over ~10 response tokens
+    exact = [p["exact_tau"] for p in run["trainer"].plans]
     for step in range(2, 6):
         m = metrics[step]
         assert m["rollout/temperature"] == taus[step - 1]
-        expected = temperature_update(taus[step - 1], by_step[step], m["rollout/target_entropy"], vocab)
-        assert taus[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-9)
+        expected = temperature_update(exact[step - 1], by_step[step], m["rollout/target_entropy"], vocab)
+        assert exact[step] == pytest.approx(min(2.0, max(0.5, expected)), rel=1e-9)
+        assert taus[step] == representable(exact[step], "bf16")  # what was sampled and trained with
 
 
 def test_grpo_advantages_over_the_unequal_groups(run):

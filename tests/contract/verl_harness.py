@@ -343,7 +343,8 @@ def compose(workdir: Path, *extra: str, batch: int = 4, n: int = 4):
 def spy_trainer_cls():
     """E3Trainer plus a record of what each step decided and wrote (no behaviour change).
 
-    ``plans``: the prompts, budgets and temperature column of every ``_next_train_batch`` call (refills included);
+    ``plans``: the prompts, budgets and temperature column of every ``_next_train_batch`` call (refills included),
+    with the scheduler's exact tau beside the emitted one;
     ``entropy_rows``: the ``entropy`` field, response mask and padding tags after each old-log-prob pass;
     ``adv_rows``: the advantages (and the fields they derive from) after each ``_compute_advantage``;
     ``step_metrics``: verl's metrics of each step; ``counts``: the difficulty tracker's counts after each step.
@@ -363,7 +364,8 @@ def spy_trainer_cls():
             self.plans.append({"step": self.global_steps, "first_request": len(self.server.requests),
                                "index": [int(i) for i in batch["index"]], "uid": [str(u) for u in batch["uid"]],
                                "n": batch["__rollout_n__"].tolist(), "tau": batch["__temperature__"].tolist(),
-                               "config_tau": self.config.actor_rollout_ref.rollout.temperature})
+                               "config_tau": self.config.actor_rollout_ref.rollout.temperature,
+                               "exact_tau": self.controller.scheduler.temperature})
             return batch
 
         def _compute_old_log_prob(self, batch, metrics):

@@ -5,11 +5,15 @@ Per step of verl's ``PPOTrainer.fit`` loop:
 
 - ``on_step_begin``: tau_t (E3 Eq. 4-5) -> ``actor_rollout_ref.rollout.temperature`` on the driver. verl's trainer
   copies that value into ``batch.extra_info["temperature"]`` for the old-log-prob, ref and update passes, and the
-  FSDP/Megatron engines divide the logits by it — so training uses the tau the step was sampled with.
+  FSDP/Megatron engines divide the logits by it — so training uses the tau the step was sampled with. tau_0 *is*
+  ``rollout.temperature`` (``e3.temperature.init_temperature`` follows it; a contradicting value is refused), and
+  every tau is emitted on the grid of the logits dtype (``logits_dtype``: bf16 under verl's default mixed
+  precision), since the engine casts tau to that dtype while the sampler takes it as given.
 - ``_next_train_batch``: prompts (a PREPO paced window when the offline curriculum is on) plus the columns
   ``__rollout_n__`` (E3 Alg. 1 budgets, sum = B * rollout.n) and ``__temperature__`` (read by E3AgentLoopWorker;
   rollout workers never see the driver's config). The temperature column is float64, so the rollout samples at
-  exactly the Python float the training passes divide the logits by.
+  exactly the Python float the training passes divide the logits by. Both are checked on the driver before the
+  batch is sent (``check_decisions``): a worker failing on them would leave verl's replay buffer waiting.
 - ``_add_prompts_to_generate`` (verl's refill, ``trainer.v1.sampler.sync_refill_failed_groups``): a prompt whose
   rollouts all failed is evicted by verl's replay buffer and replaced by fresh prompts. The replacements share the
   budget the evicted prompts held (E3 Alg. 1 over the replacements, total = the freed sum_i n_i), so the step still
@@ -20,8 +24,12 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   whatever ``actor.loss_agg_mode`` is (verl's ``actor/entropy`` follows the loss aggregation, so under
   ``seq-mean-token-sum`` it is a per-sequence sum). One number for the whole batch: every rank samples with one tau.
 - ``_compute_advantage``: after verl's pass (KL-in-reward, rollout correction), the GRPO advantages are recomputed
-  over the unequal groups with ``e3.advantage`` (singleton -> 0), times PREPO relative-entropy weights when on;
-  then ``observe`` updates difficulty and temperature.
+  over the unequal groups with ``e3.advantage`` (singleton -> 0), grouped by uid as verl does (a prompt dispatched
+  twice in a step is two groups; its difficulty record is one, per ``extra_info.index``), divided by the group std
+  unless ``algorithm.norm_adv_by_std_in_grpo=false`` (Dr. GRPO), times PREPO relative-entropy weights when on.
+  Correctness (difficulty, E3's length bias) is the raw ``rm_scores``; under ``algorithm.use_kl_in_reward`` the KL
+  term (``token_level_rewards`` - ``rm_scores``) is added after the length bias. Then ``observe`` updates
+  difficulty and temperature, and the step logs what it trained beside what it planned (``rollout/n_trained_*``).
 - ``step``: the controller's metrics join verl's (same names as the local engine); epoch end ranks difficulty.
 - ``_save_checkpoint`` / ``_load_checkpoint``: ``global_step_N/e3_controller.pt`` written atomically before verl
   writes its ``latest_checkpointed_iteration.txt``; restored on resume. With ``trainer.default_hdfs_dir`` set, the
@@ -29,7 +37,9 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   checkpoint manager uploads the actor; its FSDP one ignores the setting), so a remote copy of a checkpoint carries
   the controller state too.
 
-Refused in ``check_supported`` (called by ``e3.main_train``'s preflight and by the constructor, before any worker):
+The constructor first checks the verl internals all of this relies on (``e3.engines.verl.internals``). Refused in
+``check_supported`` (called by ``e3.main_train``'s preflight and by the constructor, before any worker): e3 keys
+that contradict the verl key they follow (``VERL_SOURCES``),
 ``trainer.v1.sync.parameter_sync_step`` != 1, ``rollout_correction.bypass_mode`` with the scheduler or the PREPO
 weights, an ``hdfs://`` ``default_hdfs_dir`` without an ``hdfs`` client, estimators other than GRPO, ``rollout.n``
 outside the allocation bounds, and the online curriculum.
@@ -55,9 +65,10 @@ from e3.config import E3Config
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
-from e3.engines.verl.validation import validation_metrics
+from e3.engines.verl.internals import check_verl_internals
 from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
-                                      scatter_to_rows)
+                                      scatter_to_rows, split_key)
+from e3.engines.verl.validation import validation_metrics
 from e3.io import atomic_path
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -72,11 +83,59 @@ CONTROLLER_FILE = "e3_controller.pt"
 STATE_FORMAT = 1
 
 
+# e3 keys whose value verl's own key decides: (e3 section, key) -> the verl key (one source of truth each)
+VERL_SOURCES = {("temperature", "init_temperature"): "actor_rollout_ref.rollout.temperature",
+                ("advantage", "norm_by_std"): "algorithm.norm_adv_by_std_in_grpo"}
+
+
 def e3_config_from(config) -> E3Config:
-    """The validated ``e3:`` section of a composed verl config (absent section -> paper defaults)."""
+    """The validated ``e3:`` section of a composed verl config (absent section -> paper defaults).
+
+    tau_0 (``e3.temperature.init_temperature``) and Dr. GRPO (``e3.advantage.norm_by_std``) come from verl's
+    ``actor_rollout_ref.rollout.temperature`` and ``algorithm.norm_adv_by_std_in_grpo`` when the section leaves
+    them out (``recipe/overlay.yaml`` interpolates them); ``check_supported`` refuses a section that contradicts them.
+    """
     section = config.get("e3") if hasattr(config, "get") else None
     data = OmegaConf.to_container(section, resolve=True) if section is not None else {}
-    return E3Config.from_dict(data)
+    data = dict(data or {})
+    for (part, key), verl_key in VERL_SOURCES.items():
+        value = OmegaConf.select(config, verl_key, default=None)
+        if value is not None and (data.get(part) or {}).get(key) is None:
+            data[part] = {**(data.get(part) or {}), key: value}
+    try:
+        return E3Config.from_dict(data)
+    except ValueError as err:
+        for (part, key), verl_key in VERL_SOURCES.items():
+            if f"e3.{part}.{key}" in str(err):
+                raise ValueError(f"{err} (on verl it is {verl_key})") from None
+        raise
+
+
+def logits_dtype(config) -> str:
+    """The coarsest dtype the training passes divide the logits by tau in (``e3.temperature.representable``).
+
+    verl's FSDP engine computes in ``fsdp_config.mixed_precision.param_dtype`` (bf16 when unset) for the actor and
+    the reference policy; other engines are taken as bf16, whose grid is exact in fp16 and fp32 too.
+    """
+    from verl.trainer.ppo.utils import need_reference_policy
+    from verl.utils.torch_dtypes import PrecisionType
+
+    names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    roles = ["actor"] + (["ref"] if need_reference_policy(config) else [])
+    found = []
+    for role in roles:
+        part = config.actor_rollout_ref.get(role) or {}
+        strategy = str(part.get("strategy", None) or config.actor_rollout_ref.actor.get("strategy", "fsdp"))
+        if strategy not in ("fsdp", "fsdp2"):
+            found.append("bf16")
+            continue
+        mixed = OmegaConf.select(config, f"actor_rollout_ref.{role}.fsdp_config.mixed_precision", default=None)
+        dtype = PrecisionType.to_dtype((mixed or {}).get("param_dtype", "bf16"))
+        if dtype not in names:
+            raise ValueError(f"actor_rollout_ref.{role}.fsdp_config.mixed_precision.param_dtype={dtype}: "
+                             "the e3 trainer supports fp32, fp16 and bf16")
+        found.append(names[dtype])
+    return next(d for d in ("bf16", "fp16", "fp32") if d in found)
 
 
 def check_supported(config, cfg: E3Config) -> None:
@@ -113,6 +172,11 @@ def check_supported(config, cfg: E3Config) -> None:
                          "difficulty records (solved and hopeless prompts would stay unranked, i.e. look hardest); "
                          "set it to false (to spend fewer rollouts on zero-variance groups, use "
                          "e3.allocation.policy=informative or knapsack)")
+    for (part, key), verl_key in VERL_SOURCES.items():
+        ours, theirs = getattr(getattr(cfg, part), key), OmegaConf.select(config, verl_key, default=None)
+        if theirs is not None and ours != theirs:
+            raise ValueError(f"e3.{part}.{key}={ours} contradicts {verl_key}={theirs}: on verl the e3 trainer takes "
+                             f"it from {verl_key} (verl's trainer and rollout read that key); set only that one")
     n, alloc = int(config.actor_rollout_ref.rollout.n), cfg.allocation
     resolve_policy(alloc.policy)  # a bad e3.allocation.policy fails in the driver's preflight, before Ray starts
     if alloc.enable and not alloc.n_low <= n <= alloc.n_high:
@@ -154,8 +218,9 @@ def dataset_prompt_fields(dataset, files, with_perplexity: bool) -> tuple[np.nda
 def scalar_metrics(metrics: dict) -> dict:
     """What verl's trackers (console, wandb, tensorboard, mlflow, file) accept: scalars only.
 
-    The per-prompt budgets ``rollout/n_hist`` (a list) become counts ``rollout/n_count/<n>`` for every n between
-    the smallest and largest budget of the step; other non-scalars are dropped.
+    The per-prompt budget lists ``rollout/n_hist`` (planned) and ``rollout/n_trained_hist`` (trained) become counts
+    ``rollout/n_count/<n>`` and ``rollout/n_trained_count/<n>`` for every n between the smallest and largest value
+    of the step; other non-scalars are dropped.
     """
     out = {}
     for key, value in metrics.items():
@@ -163,9 +228,9 @@ def scalar_metrics(metrics: dict) -> dict:
             out[key] = int(value)
         elif isinstance(value, (Number, np.number)):
             out[key] = float(value) if isinstance(value, (float, np.floating)) else int(value)
-        elif key == "rollout/n_hist" and len(value):
-            counts = np.bincount(np.asarray(value, dtype=np.int64))
-            out.update({f"rollout/n_count/{n}": int(counts[n]) for n in range(min(value), max(value) + 1)})
+        elif key.startswith("rollout/") and key.endswith("_hist") and len(value):
+            counts, name = np.bincount(np.asarray(value, dtype=np.int64)), key[:-len("_hist")] + "_count"
+            out.update({f"{name}/{n}": int(counts[n]) for n in range(min(value), max(value) + 1)})
     return out
 
 
@@ -177,6 +242,31 @@ def budget_metrics(budgets) -> dict:
         out.update({"rollout/n_alloc_min": int(n.min()), "rollout/n_alloc_max": int(n.max()),
                     "rollout/n_alloc_std": float(n.std())})
     return out
+
+
+def trained_budget_metrics(planned: dict[str, int], trained_uids) -> dict:
+    """What a step trained beside what it planned: ``rollout/n_trained_total`` (rollouts trained),
+    ``rollout/n_trained_hist`` (per dispatched prompt, in dispatch order) and ``rollout/n_failed`` (planned - trained,
+    the rollouts whose sessions failed). ``planned``: uid -> n_i of the prompts still in the step."""
+    counts: dict[str, int] = {}
+    for uid in trained_uids:
+        counts[uid] = counts.get(uid, 0) + 1
+    trained = [counts.get(uid, 0) for uid in planned]
+    return {"rollout/n_trained_total": int(sum(counts.values())), "rollout/n_trained_hist": trained,
+            "rollout/n_failed": int(sum(max(n - counts.get(uid, 0), 0) for uid, n in planned.items()))}
+
+
+def check_decisions(uids, budgets, temperatures) -> None:
+    """Refuse, on the driver and before the batch is sent, a budget or tau the agent loop would fail on.
+
+    A rollout worker that raises on its prompt does so before verl marks the group started, so verl's replay buffer
+    would wait for that group forever.
+    """
+    for uid, n, tau in zip(uids, budgets, temperatures):
+        if not 1 <= int(n):
+            raise ValueError(f"E3 planned {ROLLOUT_N_KEY}={n} for prompt uid={uid}: a budget must be >= 1")
+        if not 0.0 < float(tau) < float("inf"):
+            raise ValueError(f"E3 planned {TEMPERATURE_KEY}={tau!r} for prompt uid={uid}: must be finite and > 0")
 
 
 def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dict] | None = None) -> float:
@@ -235,8 +325,10 @@ class E3Trainer(PPOTrainerSync):
     """verl's sync trainer driven by ``e3.controller.E3Controller`` (see the module docstring)."""
 
     def __init__(self, config):
+        check_verl_internals()
         self.e3_config = e3_config_from(config)
         check_supported(config, self.e3_config)
+        self.tau_dtype = logits_dtype(config)
         self.controller: E3Controller | None = None
         self.pacer: OfflinePacer | None = None
         self._row_of: dict[int, int] = {}
@@ -267,7 +359,8 @@ class E3Trainer(PPOTrainerSync):
         indices, ppl = dataset_prompt_fields(self.train_dataset, files, cfg.curriculum.enable)
         self.controller = E3Controller(cfg, n=int(self.config.actor_rollout_ref.rollout.n),
                                        vocab_size=len(self.tokenizer), max_steps=int(self.total_training_steps),
-                                       dataset_indices=indices, batch_size=int(self.config.data.train_batch_size))
+                                       dataset_indices=indices, batch_size=int(self.config.data.train_batch_size),
+                                       tau_dtype=self.tau_dtype)
         if cfg.curriculum.enable:
             self.pacer = OfflinePacer(indices, ppl, int(self.total_training_steps), cfg.curriculum.window_ratio,
                                       seed=cfg.allocation.seed)
@@ -290,10 +383,13 @@ class E3Trainer(PPOTrainerSync):
         indices = np.asarray([int(i) for i in batch["index"]], dtype=np.int64)
         total = self._refill_total or len(indices) * int(self.config.actor_rollout_ref.rollout.n)
         plan = self.controller.plan(indices, total=total)
+        uids = [str(u) for u in batch["uid"]]
+        taus = [float(plan.temperature)] * len(indices)
+        check_decisions(uids, plan.n_per_prompt.tolist(), taus)
         batch[ROLLOUT_N_KEY] = torch.as_tensor(plan.n_per_prompt, dtype=torch.int64)
         # float64: the worker's float() gives back exactly the tau the training passes use (float32 would not)
-        batch[TEMPERATURE_KEY] = torch.full((len(indices),), float(plan.temperature), dtype=torch.float64)
-        self._budgets.update(zip((str(u) for u in batch["uid"]), plan.n_per_prompt.tolist()))
+        batch[TEMPERATURE_KEY] = torch.tensor(taus, dtype=torch.float64)
+        self._budgets.update(zip(uids, plan.n_per_prompt.tolist()))
         return batch
 
     def _add_prompts_to_generate(self, num_prompts: int) -> int:
@@ -349,18 +445,21 @@ class E3Trainer(PPOTrainerSync):
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         sessions = final_sessions(batch.keys, batch.tags)
         rows = sessions.final_rows
+        uids = [split_key(batch.keys[r])[0] for r in rows.tolist()]  # verl's GRPO groups: one per dispatched prompt
         index_col = list(data["index"])
         indices = np.asarray([int(index_col[r]) for r in rows.tolist()], dtype=np.int64)
         mask = data["response_mask"]
-        scores = row_sums(data["rm_scores"])[rows]
-        adv_scores = row_sums(data["token_level_rewards"])[rows] if kl_in_reward else scores
+        scores = row_sums(data["rm_scores"])[rows]  # the raw score: correctness, difficulty, length bias
+        kl_terms = row_sums(data["token_level_rewards"])[rows] - scores if kl_in_reward else None
         lengths = row_lengths(mask)[rows]
         entropies = row_means(data["entropy"], mask)[rows] if self.e3_config.weighting.enable else None
 
-        adv = self.controller.advantages(adv_scores, indices, entropies=entropies, lengths=lengths)
+        adv = self.controller.advantages(scores, indices, entropies=entropies, lengths=lengths, group_ids=uids,
+                                         kl_terms=kl_terms)
         self._e3_metrics = self.controller.observe(indices, scores, self._step_entropy)
         if self._refilled:  # the allocator's last plan is the refill's; report the whole step's budgets
             self._e3_metrics.update(budget_metrics(self._budgets.values()))
+        self._e3_metrics.update(trained_budget_metrics(self._budgets, uids))
         self._e3_metrics["rollout/refilled_prompts"] = self._refilled
 
         per_row = broadcast_to_tokens(scatter_to_rows(adv, sessions), mask)
