@@ -12,7 +12,8 @@ on the disjoint RL pool, where the warm-started model is right on some samples a
 written under a temporary name, then renamed): ``model-<hash>/`` (transformers format with the tokenizer, keyed by
 what determines the warm start) and ``data-<hash>/{train,val}.parquet`` (verl rows with ``extra_info.index``,
 keyed by all options). ``prepare_run`` fills a composed config's ``cpu_tiny`` folders; ``summary`` reads a run's
-``metrics.jsonl``. ``compute_score`` is the task's verifier with verl's reward signature.
+``metrics.jsonl`` (validation described by what it logged: greedy or the temperature and samples per problem, and
+the unbiased ``val/pass@K`` when sampled). ``compute_score`` is the task's verifier with verl's reward signature.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def summary(run_dir: str) -> str:
     taus = [m["rollout/temperature"] for m in train.values()]
     n_min = min(m["rollout/n_min"] for m in train.values())
     n_max = max(m["rollout/n_max"] for m in train.values())
-    val = {s: m["val/accuracy"] for s, m in sorted(steps.items()) if "val/accuracy" in m}
+    val = {s: m for s, m in sorted(steps.items()) if "val/accuracy" in m}
     lines += [
         f"  steps {min(train)}-{max(train)}; reward/mean {first['reward/mean']:.3f} -> {last['reward/mean']:.3f}",
         f"  tau {min(taus):.3f}-{max(taus):.3f} (last {taus[-1]:.3f}); entropy {first['rollout/entropy']:.3f} -> "
@@ -249,9 +250,31 @@ def summary(run_dir: str) -> str:
         f"{first['groups/all_wrong']:.2f} -> {last['groups/all_wrong']:.2f}",
     ]
     if val:
-        lines.append("  val accuracy (greedy): " + ", ".join(f"step {s}: {a:.3f}" for s, a in val.items()))
+        lines.append(f"  val accuracy ({_val_setting(val[max(val)])}): "
+                     + ", ".join(f"step {s}: {m['val/accuracy']:.3f}" for s, m in val.items()))
+        ks = sorted({int(k.split("@")[1]) for m in val.values() for k in m if _is_pass_k(k)})
+        if any(k > 1 for k in ks):
+            lines.append("  val pass@k (unbiased): " + "; ".join(
+                f"step {s}: " + ", ".join(f"pass@{k} {m[f'val/pass@{k}']:.3f}" for k in ks if f"val/pass@{k}" in m)
+                for s, m in val.items()))
     timing = [m.get("timing_s/step") for m in train.values() if m.get("timing_s/step") is not None]
     if timing:
         lines.append(f"  step time {np.median(timing):.2f} s (median of {len(timing)})")
     lines.append(f"  metrics.jsonl, requests.jsonl and checkpoints/ in {run_dir}")
     return "\n".join(lines)
+
+
+def _is_pass_k(key: str) -> bool:
+    """``val/pass@K`` overall (not its ``_stderr`` nor a ``/<data_source>`` entry)."""
+    return key.startswith("val/pass@") and key[len("val/pass@"):].isdigit()
+
+
+def _val_setting(m: dict) -> str:
+    """How a validation step sampled, from what ``e3.engines.verl.validation`` logged with it."""
+    if "val/temperature" not in m or not m.get("val/problems"):
+        return "setting not logged"
+    n = m["val/samples"] / m["val/problems"]
+    per = f"{n:g} sample{'s' if n != 1 else ''} per problem"
+    if m["val/temperature"] <= 0:
+        return f"greedy, {per}, {m['val/problems']} problems"
+    return f"mean of {per} at T={m['val/temperature']:g}, {m['val/problems']} problems"
