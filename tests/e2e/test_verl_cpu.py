@@ -8,7 +8,8 @@ writes two runs: ``a`` (4 steps, checkpoints at 3 and 4) and ``b`` (resumed from
 - ``metrics.jsonl``: verl's file logger (verl's metrics and the E3 controller's, one record per step);
 - ``requests.jsonl``: the rollout server's log of every request it sampled (weights version, prompt, temperature);
 - ``rollouts/<step>.jsonl``: verl's own dump of each step's trained batch (``trainer.rollout_data_dir``);
-- ``checkpoints/global_step_N``: verl's checkpoint (+ the actor in transformers format) and ``e3_controller.pt``.
+- ``checkpoints/global_step_N``: verl's checkpoint (+ the actor in transformers format) and ``e3_controller.pt``;
+- ``validation/4.jsonl``: verl's dump of run ``a``'s one validation (after step 4: 4 samples per problem at T = 1.0).
 
 What it cannot see: vLLM, NCCL and multi-GPU sharding (one CPU process trains, gloo, FSDP over one rank).
 """
@@ -176,3 +177,40 @@ def test_controller_state_is_checkpointed_and_a_resumed_run_makes_the_same_next_
     assert again == first  # the same prompts, each with the same n_i
     assert {r["temperature"] for r in sampled(b, 4)} == {r["temperature"] for r in sampled(a, 4)}
     assert np.isfinite(b["metrics"][4]["actor/entropy"])
+
+
+def test_validation_logs_the_unbiased_pass_at_k_that_verls_dump_gives(runs):
+    from math import comb
+
+    from e3.engines.tiny_task import score
+
+    a, n = runs["a"], 4
+    m = a["metrics"][4]  # the last step's record: the step's metrics and its validation's
+    # verl's dump of that validation: one row per sample, keyed {uid}_{session}_{index}; a problem is its uid
+    rows = read_jsonl(a["dir"] / "validation" / "4.jsonl")
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["uid"].rsplit("_", 2)[0], []).append(row)
+    assert len(groups) == 64 and {len(g) for g in groups.values()} == {n}  # cpu_tiny.val_size x val_kwargs.n
+    assert all(len({r["input"] for r in g}) == 1 for g in groups.values())  # a problem's samples share its prompt
+    for row in rows:  # each sample's acc is the task's verdict on its own output
+        assert row["acc"] == score(row["output"].strip(), str(row["gts"]).strip())
+    correct = [sum(r["acc"] for r in g) for g in groups.values()]
+    assert 0 < sum(correct) < len(rows)
+    for k in (1, 2, 4):  # Chen et al. 2021 Eq. 1 per problem, in exact integers, averaged over problems
+        want = float(np.mean([1 - comb(n - c, k) / comb(n, k) for c in correct]))
+        assert m[f"val/pass@{k}"] == pytest.approx(want, abs=1e-12), k
+        assert m[f"val/pass@{k}/e3_tiny_arith"] == pytest.approx(want, abs=1e-12), k
+    assert m["val/pass@1"] <= m["val/pass@2"] <= m["val/pass@4"]
+    assert m["val/pass@1"] == pytest.approx(m["val/accuracy"]) == pytest.approx(sum(correct) / len(rows))
+    assert "val/pass@8" not in m and "val/pass@16" not in m  # e3.validation.pass_k's K above n are skipped
+    assert (m["val/problems"], m["val/samples"], m["val/temperature"]) == (64, 64 * n, 1.0)
+    # verl's own best@4 (a bootstrap with replacement) sits below the unbiased pass@4 whenever a problem is mixed
+    mixed = any(0 < c < n for c in correct)
+    best = m["val-core/e3_tiny_arith/acc/best@4/mean"]
+    assert best < m["val/pass@4"] if mixed else best <= m["val/pass@4"]
+    # the validation was sampled at T = 1.0 with the weights after step 4 (none of the training steps' requests)
+    requests = [r for r in a["requests"] if r["weights_version"] == 4]
+    assert len(requests) == 64 * n and {r["temperature"] for r in requests} == {1.0}
+    assert "val pass@k (unbiased): step 4: pass@1" in runs["stdout"]
+    assert "mean of 4 samples per problem at T=1" in runs["stdout"]
