@@ -66,9 +66,11 @@ def test_the_runtime_guard_names_a_changed_internal_and_the_supported_version(mo
 
 
 def test_the_runtime_guard_refuses_another_verl_version(monkeypatch):
+    import verl
+
     from e3.engines.verl import internals
 
-    monkeypatch.setattr(internals.importlib.metadata, "version", lambda name: "0.10.0")
+    monkeypatch.setattr(verl, "__version__", "0.10.0")
     with pytest.raises(internals.VerlInternalsChanged, match=r"installed verl is 0\.10\.0"):
         internals.check_verl_internals()
 

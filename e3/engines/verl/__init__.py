@@ -3,6 +3,8 @@
 - ``trainer``:  ``E3Trainer``, verl's v1 sync trainer carrying the E3 controller, registered as ``e3``.
 - ``rollout``:  ``E3AgentLoopManager`` / ``E3AgentLoopWorker``, verl's agent loop plus a per-prompt temperature.
 - ``rollouts``: pure helpers that turn TransferQueue rows into per-rollout arrays and back.
+- ``validation``: E3's validation metrics on verl's (``val/accuracy``, the unbiased ``val/pass@K``).
+- ``internals``: the runtime guard of every verl 0.9.1 internal the adapter relies on (run by ``E3Trainer``).
 - ``runner``:   ``E3TaskRunner``, verl's v1 task runner that registers our trainer inside its Ray actor.
 - ``cpu``:      verl without a GPU: the ``e3_cpu`` platform and the ``hf`` rollout backend (a verl plugin loaded with
   ``VERL_USE_EXTERNAL_MODULES``), and the assets of the ``verl_cpu_tiny`` run.

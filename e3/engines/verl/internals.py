@@ -13,7 +13,6 @@ What is checked is the shape (names, signatures) and, where behaviour matters, t
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 
 VERL_VERSION = "0.9.1"
@@ -24,10 +23,10 @@ class VerlInternalsChanged(RuntimeError):
 
 
 def installed_version() -> str:
-    try:
-        return importlib.metadata.version("verl")
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    """The version the imported verl reports (``verl.__version__``)."""
+    import verl
+
+    return str(getattr(verl, "__version__", "unknown"))
 
 
 def changed(symbol: str, what: str) -> VerlInternalsChanged:

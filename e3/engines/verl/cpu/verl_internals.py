@@ -3,7 +3,8 @@
 verl is pinned exactly (``verl[verl-core]==0.9.1``). Everything else the CPU run uses is a public extension point
 (``PlatformRegistry``, ``RolloutReplicaRegistry``, ``VERL_USE_EXTERNAL_MODULES``, ``VERL_ENGINE_DEVICE``). These two
 are not, so each is touched only here, after checking that verl still has the shape we rely on; a different verl
-raises ``VerlInternalsChanged`` naming the installed version and what moved, instead of failing somewhere later.
+raises ``VerlInternalsChanged`` (``e3.engines.verl.internals``, which checks the version) naming the installed
+version and what moved, instead of failing somewhere later.
 
 1. Process-group backend. ``verl.utils.distributed.initialize_global_process_group_ray`` (called by every training
    worker, ``verl.workers.engine_workers.TrainingWorker.__init__``) always asks torch for
@@ -21,28 +22,11 @@ import functools
 import inspect
 import sys
 
-VERL_VERSION = "0.9.1"
-
-
-class VerlInternalsChanged(RuntimeError):
-    """verl no longer has an internal the CPU run relies on."""
-
-
-def _installed_version() -> str:
-    import verl
-
-    return str(getattr(verl, "__version__", "unknown"))
+from e3.engines.verl.internals import VerlInternalsChanged, changed, check_version  # noqa: F401
 
 
 def _fail(what: str) -> VerlInternalsChanged:
-    return VerlInternalsChanged(
-        f"e3's CPU platform relies on a verl {VERL_VERSION} internal that the installed verl "
-        f"{_installed_version()} changed: {what}. Revisit e3/engines/verl/cpu/verl_internals.py for this verl.")
-
-
-def check_version() -> None:
-    if _installed_version() != VERL_VERSION:
-        raise _fail(f"expected verl=={VERL_VERSION} (pinned in pyproject.toml)")
+    return changed("e3's CPU platform (e3/engines/verl/cpu/verl_internals.py)", what)
 
 
 def _cpu_backend_wrapper(original):
