@@ -4,8 +4,9 @@ verl 0.9.1's validation reports ``best@N``, a bootstrap with replacement over th
 low (1 correct of 4 gives 0.684, not 1). E3's headline numbers are pass@k, so with ``val_kwargs.n > 1`` sampled
 samples per problem this module logs, for each K of ``e3.validation.pass_k`` up to n, the unbiased estimator of Chen
 et al. 2021 (Eq. 1; ``e3.metrics.pass_at_k``): pass@K = 1 - C(n - c, K) / C(n, K) per problem, averaged over the
-problems — ``val/pass@K`` over all of them (with ``val/pass@K_stderr``, the sample std over problems / sqrt(problems)),
-``val/pass@K/<data_source>`` per data source; the names of the local engine (``e3.engines.local_eval``).
+problems — ``val/pass@K`` over all of them (with ``val/pass@K_stderr``, the sample std over problems /
+sqrt(problems)), ``val/pass@K/<data_source>`` per data source; the names of the local engine
+(``e3.engines.local_eval``).
 
 A problem is the group of samples sharing a ``sample_uids`` entry (verl's validation draws one uid per prompt and
 repeats it over the prompt's n sessions), within its data source. A sample is correct when its ``acc`` (what
