@@ -20,7 +20,7 @@ from pathlib import Path
 def overrides(run_dir: Path, *extra: str) -> list[str]:
     return [f"cpu_tiny.run_dir={run_dir}", "cpu_tiny.train_size=16", "trainer.total_training_steps=4",
             "trainer.save_freq=3", "trainer.test_freq=-1", "trainer.val_before_train=false",
-            f"trainer.rollout_data_dir={run_dir / 'rollouts'}", "e3.temperature.init_temperature=0.8",
+            f"trainer.rollout_data_dir={run_dir / 'rollouts'}", "actor_rollout_ref.rollout.temperature=0.8",
             "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]", *extra]
 
 
