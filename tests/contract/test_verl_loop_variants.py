@@ -30,7 +30,7 @@ tq = pytest.importorskip("transfer_queue")
 
 from e3.advantage import grpo_advantages  # noqa: E402
 
-from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls  # noqa: E402
+from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls, three_step_overrides  # noqa: E402
 
 B, N, DP, MINI, KL_COEF = 3, 4, 4, 2, 0.5
 
@@ -63,10 +63,7 @@ def run(cluster, workdir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = workdir / "sharp_model"
-    cfg = compose(workdir, f"actor_rollout_ref.model.path={model}", f"data.train_files={workdir / 'train6.parquet'}",
-                  "trainer.total_training_steps=3", "trainer.save_freq=-1", "trainer.test_freq=-1",
-                  "trainer.val_before_train=false", "trainer.resume_mode=disable", "trainer.logger=[console]",
-                  f"trainer.default_local_dir={workdir / 'ckpt_variants'}",
+    cfg = compose(workdir, *three_step_overrides(workdir, model, "ckpt_variants"),
                   f"actor_rollout_ref.actor.ppo_mini_batch_size={MINI}",
                   "actor_rollout_ref.rollout.calculate_log_probs=true",
                   "algorithm.use_kl_in_reward=true", f"algorithm.kl_ctrl.kl_coef={KL_COEF}",

@@ -29,7 +29,7 @@ tq = pytest.importorskip("transfer_queue")
 from e3.advantage import grpo_advantages, length_bias_scores  # noqa: E402
 from e3.temperature import representable  # noqa: E402
 
-from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls  # noqa: E402
+from .verl_harness import ScriptedServer, assemble, compose, spy_trainer_cls, three_step_overrides  # noqa: E402
 
 B, N, KL_COEF, THRESHOLD, MU = 4, 3, 0.5, 1.0, 0.001
 TAU = representable(0.6, "bf16")
@@ -40,10 +40,7 @@ def run(cluster, workdir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = workdir / "sharp_model"
-    cfg = compose(workdir, f"actor_rollout_ref.model.path={model}", f"data.train_files={workdir / 'train6.parquet'}",
-                  "trainer.total_training_steps=3", "trainer.save_freq=-1", "trainer.test_freq=-1",
-                  "trainer.val_before_train=false", "trainer.resume_mode=disable", "trainer.logger=[console]",
-                  f"trainer.default_local_dir={workdir / 'ckpt_settings'}",
+    cfg = compose(workdir, *three_step_overrides(workdir, model, "ckpt_settings"),
                   "data.gen_batch_size=1", "data.seed=9",
                   "algorithm.norm_adv_by_std_in_grpo=false",
                   "actor_rollout_ref.rollout.temperature=0.6", "e3.temperature.enable=false",

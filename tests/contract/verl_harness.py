@@ -340,6 +340,15 @@ def compose(workdir: Path, *extra: str, batch: int = 4, n: int = 4):
         return hydra_compose(config_name="e3_trainer", overrides=overrides)
 
 
+def three_step_overrides(workdir: Path, model: Path, ckpt: str) -> list[str]:
+    """``compose`` overrides of a 3-step run of ``model`` on the 6-prompt set, without validation, checkpoints or
+    resume, checkpoint folder ``workdir/ckpt`` (the loop-variant and settings runs)."""
+    return [f"actor_rollout_ref.model.path={model}", f"data.train_files={workdir / 'train6.parquet'}",
+            "trainer.total_training_steps=3", "trainer.save_freq=-1", "trainer.test_freq=-1",
+            "trainer.val_before_train=false", "trainer.resume_mode=disable", "trainer.logger=[console]",
+            f"trainer.default_local_dir={workdir / ckpt}"]
+
+
 def spy_trainer_cls():
     """E3Trainer plus a record of what each step decided and wrote (no behaviour change).
 
