@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from e3.allocation import RolloutAllocator, RolloutSchedule  # noqa: E402
-from e3.allocation_informative import allocate_for_pass_rates, informative_fraction  # noqa: E402
+from e3.allocation.allocator import RolloutAllocator, RolloutSchedule  # noqa: E402
+from e3.allocation.informative import allocate_for_pass_rates, informative_fraction  # noqa: E402
 from e3.io import atomic_write_json  # noqa: E402
 from e3.metrics import group_stats  # noqa: E402
 

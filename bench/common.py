@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from e3.engines.local_config import PACKAGE_CONFIG_DIR  # noqa: E402
+from e3.engines.local.schema import PACKAGE_CONFIG_DIR  # noqa: E402
 from e3.io import atomic_write_json  # noqa: E402
 
 CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
@@ -58,7 +58,7 @@ def compose(name: str, task: str, overrides: list[str]):
     exactly ``load_config(config_path(name), overrides + extra)``."""
     from omegaconf import OmegaConf
 
-    from e3.engines.local_config import from_any, load_config
+    from e3.engines.local.schema import from_any, load_config
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")

@@ -70,7 +70,7 @@ def settings(args) -> list[str]:
 
 def run_config(name: str, seed: int, run_dir: str, overrides: list[str], task: str = "arithmetic") -> dict:
     """One local-engine run (fresh run directory); returns its metrics and wall time."""
-    from e3.engines.local import run
+    from e3.engines.local.engine import run
 
     t0 = time.perf_counter()
     report = [] if name == "grpo" else ["task.report_samples=0"]  # the start-up report once per seed (GRPO's run)
@@ -90,8 +90,8 @@ def run_sft_control(seed: int, run_dir: str, overrides: list[str], task: str = "
     """Continued supervised training from the seed's warm start, evaluated like the RL runs (see module doc)."""
     from omegaconf import OmegaConf
 
-    from e3.engines.local import LocalEngine, evaluate
-    from e3.engines.tiny_model import warm_start
+    from e3.engines.local.engine import LocalEngine, evaluate
+    from e3.tasks.model import warm_start
 
     cfg = compose("grpo", task, [f"seed={seed}", *overrides])
     os.makedirs(run_dir, exist_ok=True)
@@ -508,7 +508,7 @@ def main(argv=None) -> int:
     print(report(res))
     for r in runs:  # the start-up difficulty report of each seed's warm start (logged at step 0 of its GRPO run)
         if r["name"] == "grpo" and r["metrics"] and "task/never_solved" in r["metrics"][0]:
-            from e3.engines.task_report import format_report
+            from e3.tasks.report import format_report
 
             levels = [str(v) for v in read_levels(r["run_dir"])]
             print(f"seed {r['seed']}: " + format_report(r["metrics"][0], levels).replace("[e3] ", ""))

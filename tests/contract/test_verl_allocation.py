@@ -31,7 +31,7 @@ from .verl_harness import compose as harness_compose  # noqa: E402
 B, N = 4, 4
 SPEC = "user_alloc:CumulativeKnapsack"
 USER_MODULE = '''
-from e3.allocation_knapsack import KnapsackPolicy
+from e3.allocation.knapsack import KnapsackPolicy
 
 
 class CumulativeKnapsack(KnapsackPolicy):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from e3.config import E3Config
+from e3.schema import E3Config
 from e3.main_train import CONFIG_DIR
 
 PAPER = ["e3_r1_1.5b", "e3_r1_7b"]

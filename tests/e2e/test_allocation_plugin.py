@@ -9,14 +9,14 @@ import textwrap
 
 import pytest
 
-from e3.engines import checkpoint as ckpt
-from e3.engines.local import run
+from e3.engines.local import checkpoint as ckpt
+from e3.engines.local.engine import run
 
 from test_local_engine import tiny as base_tiny
 
 USER_MODULE = '''
 import numpy as np
-from e3.allocation_policy import AllocationPolicy
+from e3.allocation.policy import AllocationPolicy
 
 
 class Alternating(AllocationPolicy):

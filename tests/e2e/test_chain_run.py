@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from e3.engines.local import run
-from e3.engines.local_config import CONFIG_DIR, ConfigError, load_config
+from e3.engines.local.engine import run
+from e3.engines.local.schema import CONFIG_DIR, ConfigError, load_config
 
 CHAIN = os.path.join(CONFIG_DIR, "chain.yaml")
 

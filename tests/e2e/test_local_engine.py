@@ -16,10 +16,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from e3.engines import checkpoint as ckpt
-from e3.engines.local import main, read_metrics, run
-from e3.engines.local_config import ConfigError
-from e3.engines.tiny_task import DataError
+from e3.engines.local import checkpoint as ckpt
+from e3.engines.local.engine import main, read_metrics, run
+from e3.engines.local.schema import ConfigError
+from e3.tasks.arithmetic import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",
@@ -151,7 +151,7 @@ def _spawn(cfg: dict, run_dir: str, resume: bool = False, kill_at: tuple = None)
     """Run the engine in a fresh interpreter; ``kill_at=(event, step)`` SIGKILLs it from inside at that point."""
     code = textwrap.dedent(f"""
         import json, os, signal, sys
-        from e3.engines.local import run
+        from e3.engines.local.engine import run
         kill_at = {kill_at!r}
         def hook(event, info):
             if kill_at and event == kill_at[0] and info["step"] == kill_at[1]:

@@ -10,9 +10,9 @@ import os
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from e3.engines.local import run
-from e3.engines.local_config import ConfigError
-from e3.engines.local_tracking import Tracker
+from e3.engines.local.engine import run
+from e3.engines.local.schema import ConfigError
+from e3.engines.local.tracking import Tracker
 
 from test_local_engine import tiny, ws_cache  # noqa: F401  (the tiny run and its warm-start cache fixture)
 

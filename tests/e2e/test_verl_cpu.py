@@ -99,7 +99,7 @@ def test_rewards_are_non_zero_and_parameters_changed(runs):
 def test_budgets_sent_sampled_and_trained_agree_per_prompt(runs):
     import torch
 
-    from e3.config import E3Config
+    from e3.schema import E3Config
     from e3.controller import E3Controller
 
     a, index_of = runs["a"], runs["index_of"]
@@ -182,7 +182,7 @@ def test_controller_state_is_checkpointed_and_a_resumed_run_makes_the_same_next_
 def test_validation_logs_the_unbiased_pass_at_k_that_verls_dump_gives(runs):
     from math import comb
 
-    from e3.engines.tiny_task import score
+    from e3.tasks.arithmetic import score
 
     a, n = runs["a"], 4
     m = a["metrics"][4]  # the last step's record: the step's metrics and its validation's

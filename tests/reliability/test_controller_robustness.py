@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 
-from e3.config import E3Config
+from e3.schema import E3Config
 from e3.controller import E3Controller
 
 VOCAB = 1000

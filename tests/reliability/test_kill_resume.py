@@ -50,7 +50,7 @@ e3: {{allocation: {{n_low: 2, n_high: 6, n_update: 2}}}}
 # Runs e3.engines.local's CLI (main) in this interpreter with a hook that logs events and kills at one point.
 DRIVER = r"""
 import io, json, os, signal, sys
-import e3.engines.local as L
+import e3.engines.local.engine as L
 events_path, kill = sys.argv[1], json.loads(sys.argv[2])
 state = {"step": None}
 
@@ -129,7 +129,7 @@ def read_jsonl(path) -> list[dict]:
 
 def inspect_checkpoints(run_dir: Path) -> dict:
     """What a user finds in ``checkpoints/``: complete ones, unloadable ``step_*`` dirs, partial temp dirs."""
-    from e3.engines import checkpoint as ckpt
+    from e3.engines.local import checkpoint as ckpt
 
     root = run_dir / "checkpoints"
     complete, broken, partial = [], [], []
@@ -359,7 +359,7 @@ def test_sigkill_at_seeded_points_resumes_exactly(tmp_path):
     assert res["metrics_equal"]
 
 
-BUG_PRUNE = ("BUG e3/engines/checkpoint.py save: old checkpoints are pruned with shutil.rmtree in place, so a kill "
+BUG_PRUNE = ("BUG e3/engines/local/checkpoint.py save: old checkpoints are pruned with shutil.rmtree in place, so a kill "
              "during the removal leaves checkpoints/step_NNNNNN/ with part of its files. If state.pt went first, the "
              "directory (meta.json only) is ignored by list_steps, so it is never pruned again, clean_partial does "
              "not remove it, and a user loading it gets FileNotFoundError (seen in bench/reliability.py from an "
@@ -370,7 +370,7 @@ def test_a_kill_while_pruning_leaves_no_unloadable_checkpoint(tmp_path):
     """Checkpoint 3 is saved (keep=2), then removing checkpoint 1 is interrupted after its first file."""
     code = textwrap.dedent("""
         import os, shutil, signal, sys, torch
-        from e3.engines import checkpoint as ckpt
+        from e3.engines.local import checkpoint as ckpt
         run = sys.argv[1]
         for s in (1, 2):
             ckpt.save(run, s, {"step": s, "v": torch.zeros(10)}, keep=2)
@@ -387,7 +387,7 @@ def test_a_kill_while_pruning_leaves_no_unloadable_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, timeout=120, capture_output=True)
     assert p.returncode == -signal.SIGKILL, p.stderr.decode()[-2000:]
-    from e3.engines import checkpoint as ckpt
+    from e3.engines.local import checkpoint as ckpt
 
     assert ckpt.latest_checkpoint(str(tmp_path)).endswith("step_000003")  # the resume point is right ...
     ckpt.clean_partial(str(tmp_path))  # ... and after the resume-time cleanup no step_* dir is incomplete

@@ -15,7 +15,7 @@ import malformed as M
 
 IN_PROCESS = {"local_train"}
 FAST_PPL = {"verl_ppl/missing_ground_truth.parquet"}
-BUG_ENCODING = ("BUG e3/engines/tiny_task.py load_rows: a JSONL training file that is not UTF-8 (latin-1 byte in "
+BUG_ENCODING = ("BUG e3/tasks/arithmetic.py load_rows: a JSONL training file that is not UTF-8 (latin-1 byte in "
                 "one row, or UTF-16) is refused as 'cannot read dataset file (UnicodeDecodeError ...)' without the "
                 "row: the whole-file read catches the decode error instead of naming the line, as e3.io does")
 KNOWN_BUGS: dict = {}

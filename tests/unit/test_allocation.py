@@ -7,14 +7,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from e3.allocation import (
+from e3.allocation.allocator import (
     DifficultyTracker,
     RolloutAllocator,
     RolloutSchedule,
     allocate_rollouts,
     uniform_rollouts,
 )
-from e3.config import E3Config
+from e3.schema import E3Config
 
 
 def authors_alg1(k, total, n_min):

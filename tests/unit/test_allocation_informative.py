@@ -7,9 +7,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from e3.allocation import RolloutAllocator
-from e3.allocation_policy import registered_policies
-from e3.allocation_informative import (
+from e3.allocation.allocator import RolloutAllocator
+from e3.allocation.policy import registered_policies
+from e3.allocation.informative import (
     allocate_for_pass_rates,
     allocate_informative,
     allocate_max_separable,
@@ -19,7 +19,7 @@ from e3.allocation_informative import (
     pass_rate_table,
     posterior_table,
 )
-from e3.config import E3Config
+from e3.schema import E3Config
 
 
 def brute_force(values, total, n_min, n_max):

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e3.allocation import DifficultyTracker, RolloutAllocator
-from e3.allocation_informative import allocate_max_separable
-from e3.allocation_knapsack import KnapsackPolicy, allocate_knapsack, info_gain, knapsack_value, value_table
+from e3.allocation.allocator import DifficultyTracker, RolloutAllocator
+from e3.allocation.informative import allocate_max_separable
+from e3.allocation.knapsack import KnapsackPolicy, allocate_knapsack, info_gain, knapsack_value, value_table
 from roundtrip import torch_roundtrip  # noqa: E402  (tests/ on sys.path, as in test_allocation.py)
 
 

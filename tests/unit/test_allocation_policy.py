@@ -7,16 +7,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from e3.allocation import RolloutAllocator
-from e3.allocation_policy import (AllocationPolicy, build_policy, check_allocation, register_policy,
+from e3.allocation.allocator import RolloutAllocator
+from e3.allocation.policy import (AllocationPolicy, build_policy, check_allocation, register_policy,
                                   registered_policies, resolve_policy)
-from e3.config import E3Config
+from e3.schema import E3Config
 from e3.controller import E3Controller
 
 USER_MODULE = '''
 """A user's own policies, outside the project."""
 import numpy as np
-from e3.allocation_policy import AllocationPolicy
+from e3.allocation.policy import AllocationPolicy
 
 
 class FrontLoaded(AllocationPolicy):
@@ -135,7 +135,7 @@ def test_register_policy_by_name_and_as_decorator():
     ("no_such_module_xyz:Policy", r"e3\.allocation\.policy='no_such_module_xyz:Policy': cannot import module "
                                   r"'no_such_module_xyz': ModuleNotFoundError"),
     ("my_policies:Missing", r"module 'my_policies' has no attribute 'Missing'"),
-    ("my_policies:NotAPolicy", r"NotAPolicy is not a subclass of e3\.allocation_policy\.AllocationPolicy"),
+    ("my_policies:NotAPolicy", r"NotAPolicy is not a subclass of e3\.allocation\.policy\.AllocationPolicy"),
     ("my_policies:", r"expected 'module\.path:ClassName'"),
 ])
 def test_bad_policy_fails_when_the_allocator_is_built_naming_the_key(user_module, spec, message):

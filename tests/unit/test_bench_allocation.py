@@ -156,7 +156,7 @@ def test_summary_picks_the_best_row_and_the_verdict_follows_the_numbers(quick):
 
 USER_POLICY = '''
 import numpy as np
-from e3.allocation_policy import AllocationPolicy
+from e3.allocation.policy import AllocationPolicy
 
 
 class HardestFirst(AllocationPolicy):

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from e3.engines import chain_task as ct
-from e3.engines.task_report import format_report, summarise
+from e3.tasks import chain as ct
+from e3.tasks.report import format_report, summarise
 
 
 def test_scratchpad_and_verifier_on_a_worked_example():

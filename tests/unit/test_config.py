@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from e3.config import E3Config
+from e3.schema import E3Config
 
 
 def test_defaults_are_the_paper_values():

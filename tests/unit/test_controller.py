@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from e3.advantage import grpo_advantages, length_bias_scores
-from e3.config import E3Config
+from e3.schema import E3Config
 from e3.controller import E3Controller
 from e3.metrics import group_stats
 from e3.weighting import relative_entropy_weights

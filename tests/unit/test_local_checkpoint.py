@@ -8,7 +8,7 @@ import textwrap
 
 import torch
 
-from e3.engines import checkpoint as ckpt
+from e3.engines.local import checkpoint as ckpt
 
 
 def test_save_load_prune_and_latest(tmp_path):
@@ -35,7 +35,7 @@ def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_intact(tmp
     ckpt.save(run, 1, {"v": 1})
     code = textwrap.dedent("""
         import os, signal, sys, torch
-        from e3.engines import checkpoint as ckpt
+        from e3.engines.local import checkpoint as ckpt
         def hook(event, info):
             os.kill(os.getpid(), signal.SIGKILL)
         ckpt.save(sys.argv[1], 2, {"v": torch.zeros(1000)}, hook=hook)

@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 import e3
-from e3.config import E3Config
-from e3.engines.local import main
-from e3.engines.local_config import (PACKAGE_CONFIG_DIR, ConfigError, LocalConfig, from_any, load_config,
+from e3.schema import E3Config
+from e3.engines.local.engine import main
+from e3.engines.local.schema import (PACKAGE_CONFIG_DIR, ConfigError, LocalConfig, from_any, load_config,
                                      shipped_configs)
 
 REPO = Path(__file__).resolve().parents[2]

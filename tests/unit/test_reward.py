@@ -15,7 +15,7 @@ import pytest
 
 import e3.reward as reward
 from e3.reward import compute_score, gold_text, reward_stats, score_batch
-from e3.reward_score import last_boxed
+from e3.reward.score import last_boxed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLACK = 1.0  # seconds allowed past the timeout (kill + reply) on a loaded 2-core machine
@@ -156,9 +156,9 @@ def _fork_child(q):
 
 
 def _spawn_child(q):
-    # a daemonic spawn child (multiprocessing refuses to start children from it) loading e3/reward.py by file path
+    # a daemonic spawn child (multiprocessing refuses to start children from it) loading e3/reward/__init__.py by file path
     # like verl's load_module; it is then SIGKILLed in the middle of a long call: nothing may be left running
-    spec = importlib.util.spec_from_file_location("custom_module_e3_reward", REPO_ROOT / "e3" / "reward.py")
+    spec = importlib.util.spec_from_file_location("custom_module_e3_reward", REPO_ROOT / "e3" / "reward" / "__init__.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     right = mod.compute_score(data_source="m", solution_str="\\boxed{12}", ground_truth="12", extra_info={})

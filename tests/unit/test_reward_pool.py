@@ -1,4 +1,4 @@
-"""e3.reward_pool: a crashed worker is never killed by a pid number that may have been reused.
+"""e3.reward.pool: a crashed worker is never killed by a pid number that may have been reused.
 
 The pool kills a worker it gives up on (deadline passed, or it died mid-call) through a pidfd, or, where pidfds do
 not exist, by asking the zygote that reaps it. Both are checked twice: no ``os.kill`` of a worker's pid from the
@@ -15,7 +15,7 @@ import time
 import pytest
 
 import e3.reward as reward
-import e3.reward_pool as reward_pool
+import e3.reward.pool as reward_pool
 
 SLOW = "\\boxed{2^{2^{2^{2^{2^{2}}}}}}"
 TASK = ([str(5)], SLOW, reward._options(30.0))

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from e3.engines.policy_loss import clipped_pg_loss
-from e3.engines.sampling import prompt_perplexity, response_logprobs, response_mask, sample
-from e3.engines.tiny_model import build_model
-from e3.engines.tiny_task import CharTokenizer
+from e3.engines.local.policy_loss import clipped_pg_loss
+from e3.engines.local.sampling import prompt_perplexity, response_logprobs, response_mask, sample
+from e3.tasks.model import build_model
+from e3.tasks.arithmetic import CharTokenizer
 
 TOK = CharTokenizer()
 WIDTH, MAX_NEW = 7, 5

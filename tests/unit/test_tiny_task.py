@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from e3.engines.tiny_task import (CharTokenizer, DataError, Level, build_pools, load_rows, pool_of, sample_rows,
+from e3.tasks.arithmetic import (CharTokenizer, DataError, Level, build_pools, load_rows, pool_of, sample_rows,
                                   score)
 
 

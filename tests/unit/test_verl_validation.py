@@ -14,7 +14,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from e3.config import E3Config
+from e3.schema import E3Config
 from e3.engines.verl.validation import validation_metrics
 
 

@@ -60,8 +60,8 @@ import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-from e3.allocation_policy import resolve_policy
-from e3.config import E3Config
+from e3.allocation.policy import resolve_policy
+from e3.schema import E3Config
 from e3.controller import E3Controller
 from e3.curriculum import OfflinePacer
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY

@@ -6,7 +6,7 @@ samples per problem this module logs, for each K of ``e3.validation.pass_k`` up 
 et al. 2021 (Eq. 1; ``e3.metrics.pass_at_k``): pass@K = 1 - C(n - c, K) / C(n, K) per problem, averaged over the
 problems — ``val/pass@K`` over all of them (with ``val/pass@K_stderr``, the sample std over problems /
 sqrt(problems)), ``val/pass@K/<data_source>`` per data source; the names of the local engine
-(``e3.engines.local_eval``).
+(``e3.engines.local.evaluate``).
 
 A problem is the group of samples sharing a ``sample_uids`` entry (verl's validation draws one uid per prompt and
 repeats it over the prompt's n sessions), within its data source. A sample is correct when its ``acc`` (what
@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 from omegaconf import OmegaConf
 
-from e3.config import E3Config
+from e3.schema import E3Config
 from e3.metrics import pass_at_k
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The ``verl_cpu_tiny`` run's assets: a tiny model, its tokenizer and the arithmetic task as verl parquet, cached.
 
-Everything is built locally (no hub): the local engine's graded arithmetic (``e3.engines.tiny_task``: problems such
+Everything is built locally (no hub): the local engine's graded arithmetic (``e3.tasks.arithmetic``: problems such
 as ``"47-8="`` with an exact integer answer, split by a stable hash into demonstration / RL / validation pools), its
 16-symbol character vocabulary as a transformers tokenizer (chat template = the problem text, so verl's
-``RLHFDataset`` gives the model exactly the problem), and a Llama built from a config (``e3.engines.tiny_model``).
+``RLHFDataset`` gives the model exactly the problem), and a Llama built from a config (``e3.tasks.model``).
 A random model never answers right, and with all-zero rewards GRPO has no gradient, so the model is warm-started
 with a short supervised pass over the *demonstration* pool (prompt, answer, eos; loss on the answer); RL then runs
 on the disjoint RL pool, where the warm-started model is right on some samples and wrong on others.
@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from e3.engines.tiny_task import CharTokenizer, build_pools, sample_rows, score
+from e3.tasks.arithmetic import CharTokenizer, build_pools, sample_rows, score
 
 DATA_SOURCE = "e3_tiny_arith"
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -48,7 +48,7 @@ FORMAT = 1
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
-    """verl reward: 1.0 when the decoded response is exactly the answer (``e3.engines.tiny_task.score``)."""
+    """verl reward: 1.0 when the decoded response is exactly the answer (``e3.tasks.arithmetic.score``)."""
     value = score(str(solution_str).strip(), str(ground_truth).strip())
     return {"score": value, "acc": int(value)}
 
@@ -147,7 +147,7 @@ def prepare(options: dict | None = None, log=print) -> tuple[str, str]:
     data by everything, so drawing a different number of prompts reuses the warm start.
     """
     from e3.data import write_rows
-    from e3.engines.tiny_model import build_model
+    from e3.tasks.model import build_model
 
     opts = resolve(options)
     cache = os.path.expanduser(opts["cache_dir"] or os.path.join("~", ".cache", "e3", "verl_cpu_tiny"))

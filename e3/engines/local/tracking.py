@@ -24,7 +24,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from e3.engines.local_config import LOGGERS, ConfigError
+from e3.engines.local.schema import LOGGERS, ConfigError
 
 _MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 

@@ -20,7 +20,7 @@ non-increasing for 0 <= p <= 1). For a separable concave objective under one equ
 R = N_total - B N_low largest increments (each prompt's taken in order, which concavity makes automatic) is exact
 (marginal analysis: Gross 1956, Fox 1966; Ibaraki & Katoh, "Resource Allocation Problems", 1988) -- so no DP is needed: a selection in
 the B x (N_up - N_low) increment table (one sort), a few ms for B = 512 at [2, 128]. The tests check
-it against brute force and against the general DP of ``e3.allocation_informative.allocate_max_separable``.
+it against brute force and against the general DP of ``e3.allocation.informative.allocate_max_separable``.
 
 Pass-rate estimate (class attribute ``estimator``): ``"last"`` (default) -- p_i = mean reward (clipped to [0, 1])
 of the prompt's most recent group, i.e. its rollouts in the previous epoch (the paper estimates success rates from
@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from e3.allocation import check_budget, uniform_rollouts
-from e3.allocation_policy import AllocationPolicy, check_pass_rates, register_policy
+from e3.allocation.allocator import check_budget, uniform_rollouts
+from e3.allocation.policy import AllocationPolicy, check_pass_rates, register_policy
 
 ESTIMATORS = ("last", "cumulative")
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from e3.engines.tiny_task import CharTokenizer
+from e3.tasks.arithmetic import CharTokenizer
 from e3.io import atomic_path
 
 CACHE_VERSION = 1

@@ -13,7 +13,7 @@ in dataset order; a random tie-break would give equal evidence unequal budgets);
 (what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder prompt never gets fewer than
 an easier one; n_i >= 2 (a group of one has no baseline).
 
-The split itself is a plug-in (``e3.allocation_policy``): ``E3Policy`` (Alg. 1) and ``UniformPolicy`` live here,
+The split itself is a plug-in (``e3.allocation.policy``): ``E3Policy`` (Alg. 1) and ``UniformPolicy`` live here,
 ``informative`` and ``knapsack`` in their own modules, a user's policy in the user's module.
 """
 
@@ -23,7 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
-from e3.allocation_policy import AllocationPolicy, build_policy, check_allocation, register_policy
+from e3.allocation.policy import AllocationPolicy, build_policy, check_allocation, register_policy
 
 MIN_GROUP = 2
 
@@ -233,7 +233,7 @@ class RolloutAllocator:
     """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns.
 
     ``policy`` is what ``e3.allocation.policy`` says: a registered name or ``module.path:ClassName`` (see
-    ``e3.allocation_policy``); it is resolved here, so a bad value fails when the allocator is built, with an
+    ``e3.allocation.policy``); it is resolved here, so a bad value fails when the allocator is built, with an
     error naming the key. Every answer of the policy is checked (length, integers, sum, bounds).
     """
 

@@ -1,7 +1,7 @@
 """Math answer reward with verl's ``custom_reward_function`` signature: math-verify 0.9.0, bounded in time.
 
 ``score = 1.0`` iff ``math_verify.verify(gold, pred)`` holds (``acc`` = 1), else 0.0. The verdict, its options and
-the last-``\\boxed{}`` rule are ``e3.reward_score`` (pure); this module runs it in ``e3.reward_pool`` (worker
+the last-``\\boxed{}`` rule are ``e3.reward.score`` (pure); this module runs it in ``e3.reward.pool`` (worker
 processes with a per-call deadline) and counts what happened.
 
 Time bound: math-verify's own ``signal.alarm`` timeout refuses to run off the main thread, and without it some inputs
@@ -19,13 +19,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from e3 import reward_pool
-from e3.reward_score import EXTRACTIONS, MAX_RESPONSE_CHARS, as_golds, as_text
-from e3.reward_score import gold_text  # noqa: F401  (part of this module's interface)
-from e3.reward_score import options as score_options
+from e3.reward import pool as reward_pool
+from e3.reward.score import EXTRACTIONS, MAX_RESPONSE_CHARS, as_golds, as_text
+from e3.reward.score import gold_text  # noqa: F401  (part of this module's interface)
+from e3.reward.score import options as score_options
 
 DEFAULT_TIMEOUT = 5.0
-TARGET, WARM_UP = "e3.reward_score:score_task", "e3.reward_score:warm_up"
+TARGET, WARM_UP = "e3.reward.score:score_task", "e3.reward.score:warm_up"
 _STAT_KEYS = ("calls", "correct", "timeouts", "errors", "crashes", "gold_unparsed")
 _STATS_LOCK = threading.Lock()
 _STATS = {**dict.fromkeys(_STAT_KEYS, 0), "slowest_s": 0.0}

@@ -14,7 +14,7 @@ The verdict of the reward (``e3.reward.compute_score``): ``math_verify.verify(go
   has them reversed.
 
 Nothing here bounds time: math-verify's own ``signal.alarm`` timeout refuses to run off the main thread, so it is
-called with ``parsing_timeout=None, timeout_seconds=None`` and the caller bounds the call (``e3.reward_pool``).
+called with ``parsing_timeout=None, timeout_seconds=None`` and the caller bounds the call (``e3.reward.pool``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ class AllocationConfig:
     """Dynamic rollout (DR). Off: every prompt gets exactly ``rollout.n`` samples."""
     policy: str = "e3"
     """``e3`` (rank-proportional, Alg. 1), ``informative``, ``knapsack``, ``uniform``, or ``module.path:ClassName``
-    (see ``e3.allocation_policy``); resolved when the allocator is built."""
+    (see ``e3.allocation.policy``); resolved when the allocator is built."""
     n_update: int = 2
     """After each epoch n_min -= n_update and n_max += n_update (within [n_low, n_high])."""
     n_low: int = 4

@@ -14,8 +14,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from e3.engines import checkpoint as ckpt
-from e3.engines.local_config import ConfigError
+from e3.engines.local import checkpoint as ckpt
+from e3.engines.local.schema import ConfigError
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Optional[str], resume: bool) -> tuple[str, Optional[str]]:

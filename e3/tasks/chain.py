@@ -43,7 +43,7 @@ from typing import Optional
 
 import numpy as np
 
-from e3.engines.tiny_task import CharTokenizer, pool_of, sample_rows
+from e3.tasks.arithmetic import CharTokenizer, pool_of, sample_rows
 
 SLIPS = (-10, -1, 1, 10)
 _SPEC = re.compile(r"^([1-3])d([+\-*]+)([1-2])dx([1-9])$")

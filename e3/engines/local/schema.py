@@ -1,7 +1,7 @@
 """Configuration of the local engine: a typed schema, configs composed by Hydra, overrides, checked before any work.
 
 ``LocalConfig`` below is the schema, every field documented where it is declared, defaults = the embedded default
-run; its ``e3`` section is ``e3.config.E3Config``. The configs shipped in the package (``e3/config/local/``, found
+run; its ``e3`` section is ``e3.schema.E3Config``. The configs shipped in the package (``e3/config/local/``, found
 next to this package after a non-editable install too) are composed by Hydra's compose API: ``default.yaml`` is
 ``defaults: [local_schema, _self_]`` (the schema registered in Hydra's ConfigStore), and each ablation overlay starts
 with ``defaults: [default, _self_]``. A config given by path is composed from its own directory, with the shipped
@@ -23,11 +23,11 @@ from typing import Iterable, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from e3.config import E3Config, _check, config_error
-from e3.engines.chain_task import ChainLevel
-from e3.engines.tiny_task import Level
+from e3.schema import E3Config, _check, config_error
+from e3.tasks.chain import ChainLevel
+from e3.tasks.arithmetic import Level
 
-PACKAGE_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "config" / "local")
+PACKAGE_CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "config" / "local")
 CONFIG_DIR = PACKAGE_CONFIG_DIR  # the shipped configs (also reachable as configs/local in a clone)
 DEFAULT_CONFIG = os.path.join(PACKAGE_CONFIG_DIR, "default.yaml")
 SCHEMA_NAME = "local_schema"
@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------------------ the schema
 @dataclass
 class ChainConfig:
-    """The chain task's generator and demonstrator (``task.kind=chain``, ``e3/engines/chain_task.py``)."""
+    """The chain task's generator and demonstrator (``task.kind=chain``, ``e3/tasks/chain.py``)."""
 
     problems_per_level: int = 6000
     """A level with more problems is sampled (seeded by ``task.seed``)."""
@@ -55,8 +55,8 @@ class ChainConfig:
 
 @dataclass
 class TaskConfig:
-    """The embedded task: graded arithmetic (``e3/engines/tiny_task.py``) or chained arithmetic on a scratchpad
-    (``task.kind=chain``, ``e3/engines/chain_task.py``; the shipped config ``chain``)."""
+    """The embedded task: graded arithmetic (``e3/tasks/arithmetic.py``) or chained arithmetic on a scratchpad
+    (``task.kind=chain``, ``e3/tasks/chain.py``; the shipped config ``chain``)."""
 
     kind: str = "arithmetic"
     """arithmetic | chain."""
@@ -201,7 +201,7 @@ class TrainerConfig:
     """Validation period (steps); step 0 and the last step always validate."""
     logger: list[str] = field(default_factory=list)
     """Experiment trackers, as verl's ``trainer.logger``: any of console (a line of scalars per step), tensorboard
-    (``<run dir>/tensorboard``), wandb, mlflow (``e3/engines/local_tracking.py``). ``metrics.jsonl`` in the run
+    (``<run dir>/tensorboard``), wandb, mlflow (``e3/engines/local/tracking.py``). ``metrics.jsonl`` in the run
     directory is always written, and the progress bar shows without any."""
     project_name: str = "e3_local"
     """Project (wandb project, mlflow experiment) of the trackers."""
@@ -258,7 +258,7 @@ class LocalConfig:
     plots: bool = True
     """Write figures with e3.plots.make_figures at the end."""
     e3: E3Config = field(default_factory=E3Config)
-    """E3 / PREPO controllers (e3/config.py); defaults = E3 paper, PREPO off."""
+    """E3 / PREPO controllers (e3/schema.py); defaults = E3 paper, PREPO off."""
 
     def validate(self) -> E3Config:
         """Ranges of every key and the checks across sections; returns the validated ``E3Config``."""

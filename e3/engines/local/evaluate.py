@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from e3.engines.sampling import sample
+from e3.engines.local.sampling import sample
 from e3.metrics import pass_at_k
-from e3.engines.tiny_task import CharTokenizer, score
+from e3.tasks.arithmetic import CharTokenizer, score
 
 
 @torch.no_grad()

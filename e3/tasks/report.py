@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from e3.engines.sampling import sample
+from e3.engines.local.sampling import sample
 
 FinalAnswer = Callable[[str], str]
 
@@ -89,7 +89,7 @@ def format_report(m: dict, level_names: list[str]) -> str:
 
 def startup_report(engine) -> dict:
     """``difficulty_report`` of a ``LocalEngine``'s RL prompts with ``task.report_samples`` samples each."""
-    from e3.engines import chain_task
+    from e3.tasks import chain as chain_task
 
     cfg = engine.cfg
     final = chain_task.final_answer if cfg.task.kind == "chain" else (lambda r: r)

@@ -38,17 +38,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from e3.controller import E3Controller, StepPlan
 from e3.curriculum import OfflinePacer
-from e3.engines import checkpoint as ckpt
-from e3.engines.local_config import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
-from e3.engines.local_eval import evaluate, summary
-from e3.engines.local_tracking import Tracker, check_backends
-from e3.engines.run_dir import prepare_run_dir, read_metrics, truncate_metrics
-from e3.engines.policy_loss import clipped_pg_loss
-from e3.engines.sampling import prompt_perplexity, response_logprobs, sample
-from e3.engines.task_report import format_report, startup_report
-from e3.engines.tiny_model import build_model, warm_start
-from e3.engines import chain_task
-from e3.engines.tiny_task import CharTokenizer, DataError, build_pools, load_rows, sample_rows, score, write_jsonl
+from e3.engines.local import checkpoint as ckpt
+from e3.engines.local.schema import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
+from e3.engines.local.evaluate import evaluate, summary
+from e3.engines.local.tracking import Tracker, check_backends
+from e3.engines.local.run_dir import prepare_run_dir, read_metrics, truncate_metrics
+from e3.engines.local.policy_loss import clipped_pg_loss
+from e3.engines.local.sampling import prompt_perplexity, response_logprobs, sample
+from e3.tasks.report import format_report, startup_report
+from e3.tasks.model import build_model, warm_start
+from e3.tasks import chain as chain_task
+from e3.tasks.arithmetic import CharTokenizer, DataError, build_pools, load_rows, sample_rows, score, write_jsonl
 
 Hook = Callable[[str, dict], None]
 RESUME_MAY_CHANGE = {"plots", "device", "threads", "run_root", "trainer.logger", "trainer.project_name",

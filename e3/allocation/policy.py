@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 CONFIG_KEY = "e3.allocation.policy"
-_BUILTIN_MODULES = ("e3.allocation", "e3.allocation_informative", "e3.allocation_knapsack")
+_BUILTIN_MODULES = ("e3.allocation.allocator", "e3.allocation.informative", "e3.allocation.knapsack")
 
 
 class AllocationPolicy:
@@ -164,7 +164,7 @@ def _as_policy_class(obj, spec: str) -> type:
         if issubclass(obj, AllocationPolicy):
             return obj
         raise ValueError(f"{CONFIG_KEY}={spec!r}: {obj.__name__} is not a subclass of "
-                         "e3.allocation_policy.AllocationPolicy")
+                         "e3.allocation.policy.AllocationPolicy")
     if callable(obj):
         return type(f"FunctionPolicy_{getattr(obj, '__name__', 'fn')}", (FunctionPolicy,),
                     {"fn": staticmethod(obj), "__doc__": getattr(obj, "__doc__", None)})

@@ -43,8 +43,8 @@ import math
 
 import numpy as np
 
-from e3.allocation import check_budget
-from e3.allocation_policy import AllocationPolicy, check_pass_rates, register_policy
+from e3.allocation.allocator import check_budget
+from e3.allocation.policy import AllocationPolicy, check_pass_rates, register_policy
 
 PRIOR_A = 1.0
 """Beta prior pseudo-successes for the pass rate of a prompt (uniform prior: a = b = 1)."""

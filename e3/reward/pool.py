@@ -187,9 +187,9 @@ def _zygote_main(sock_fd: int, memory_mb: int, target_name: str, warm_up_name: s
 
 
 # --------------------------------------------------------------------------------------- caller side
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from e3.reward_pool import _zygote_main; "
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from e3.reward.pool import _zygote_main; "
          "_zygote_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))")
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _Worker:
@@ -307,14 +307,14 @@ class Pool:
                     self.zygote.close()
                     self.zygote = None
                     if attempt:
-                        raise RuntimeError("e3.reward_pool: could not start a worker; the reason is on stderr "
+                        raise RuntimeError("e3.reward.pool: could not start a worker; the reason is on stderr "
                                            "above") from e
 
     def acquire(self) -> _Worker:
         with self.cond:
             while True:
                 if self.closed:
-                    raise RuntimeError("e3.reward_pool: the pool is shut down (interpreter exiting)")
+                    raise RuntimeError("e3.reward.pool: the pool is shut down (interpreter exiting)")
                 if self.idle:
                     return self.idle.pop()
                 if self.slots < self.max_workers:

@@ -1,0 +1,1 @@
+"""The embedded tasks of the tiny runs, their tiny model and its supervised warm start."""
