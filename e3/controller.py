@@ -4,7 +4,9 @@ Per step an engine asks ``plan(indices)`` for the decisions (per-prompt budgets 
 temperature from E3 Eq. 4-5), samples and scores, asks ``advantages(...)`` for GRPO advantages over the unequal
 groups (times PREPO relative-entropy weights, with E3's optional length bias), and reports back with
 ``observe(...)``, which updates difficulty and temperature and returns the step's metrics under the names both
-engines log. With the PREPO curriculum on, ``select_window(perplexities)`` picks the paced window first.
+engines log. The PREPO curriculum (Sun et al. 2025, arXiv 2511.00794) is owned here in both variants: online,
+``select_window(perplexities)`` picks the paced window of a scored candidate batch; offline, the engine hands the
+dataset's perplexities to ``pace_offline`` once and ``paced_prompts`` draws each step's batch from the window.
 Engines stay algorithm-blind: they only carry these decisions (docs/architecture.md).
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 from e3.advantage import grpo_advantages, length_bias_scores
 from e3.allocation.allocator import RolloutAllocator
 from e3.schema import E3Config
-from e3.curriculum import PerplexityPacer
+from e3.curriculum import OfflinePacer, PerplexityPacer
 from e3.metrics import group_stats
 from e3.temperature import TemperatureScheduler, representable
 from e3.weighting import relative_entropy_weights
@@ -58,21 +60,18 @@ class E3Controller:
         if tau_dtype is not None:
             representable(t.init_temperature, tau_dtype)  # an unknown dtype fails here, not at the first plan
         self.tau_dtype = tau_dtype
-        self.pacer = None
+        self.max_steps = max_steps
+        self.online_pacer: PerplexityPacer | None = None
+        self.offline_pacer: OfflinePacer | None = None  # built by pace_offline once the dataset is scored
         if cfg.curriculum.enable and cfg.curriculum.mode == "online":
             if batch_size is None or max_steps is None:
                 raise ValueError("the online PREPO curriculum needs batch_size and max_steps")
-            self.pacer = PerplexityPacer(batch_size, max_steps, cfg.curriculum.window_ratio)
+            self.online_pacer = PerplexityPacer(batch_size, max_steps, cfg.curriculum.window_ratio)
         self.dataset_indices = None if dataset_indices is None else np.asarray(dataset_indices).ravel()
         self.step = 0
         self.epoch = 0
         self._plan: StepPlan | None = None
         self._extra: dict = {}
-
-    @classmethod
-    def from_config(cls, cfg: E3Config, n: int, vocab_size: int, max_steps: int | None = None,
-                    dataset_indices=None, batch_size: int | None = None) -> "E3Controller":
-        return cls(cfg, n, vocab_size, max_steps, dataset_indices, batch_size)
 
     @property
     def temperature(self) -> float:
@@ -84,13 +83,35 @@ class E3Controller:
     @property
     def num_candidates(self) -> int | None:
         """Candidate prompts to score per step when the online curriculum is on (else None)."""
-        return None if self.pacer is None else self.pacer.num_candidates
+        return None if self.online_pacer is None else self.online_pacer.num_candidates
 
     def select_window(self, perplexities) -> np.ndarray:
-        """PREPO: positions (into the candidate list) of the paced window for the coming step."""
-        if self.pacer is None:
+        """PREPO online: positions (into the candidate list) of the paced window for the coming step."""
+        if self.online_pacer is None:
             raise RuntimeError("select_window needs e3.curriculum.enable=true with mode=online")
-        return self.pacer.select(perplexities, self.step)
+        return self.online_pacer.select(perplexities, self.step)
+
+    @property
+    def paces_offline(self) -> bool:
+        """Whether the engine must score the training set once and hand it to ``pace_offline``."""
+        c = self.cfg.curriculum
+        return bool(c.enable and c.mode == "offline")
+
+    def pace_offline(self, indices, perplexities, seed: int = 0) -> None:
+        """PREPO offline: the training set's prompt indices and their perplexities under the starting policy."""
+        if not self.paces_offline:
+            raise RuntimeError("pace_offline needs e3.curriculum.enable=true with mode=offline")
+        if self.max_steps is None:
+            raise ValueError("the offline PREPO curriculum needs max_steps")
+        self.offline_pacer = OfflinePacer(indices, perplexities, self.max_steps, self.cfg.curriculum.window_ratio,
+                                          seed)
+        self._offline_seed = int(seed)
+
+    def paced_prompts(self, batch_size: int) -> np.ndarray:
+        """PREPO offline: the prompt indices of the coming step, drawn from the paced window of the sorted set."""
+        if self.offline_pacer is None:
+            raise RuntimeError("paced_prompts needs pace_offline first (e3.curriculum.mode=offline)")
+        return self.offline_pacer.batch(self.step, batch_size)
 
     def plan(self, indices, total: int | None = None) -> StepPlan:
         idx = np.asarray(indices).ravel()
@@ -151,8 +172,9 @@ class E3Controller:
         out.update(self.allocator.metrics())
         stats = group_stats(s, idx)
         out.update({f"groups/{k}": v for k, v in stats.items()})
-        if self.pacer is not None:
-            out.update(self.pacer.metrics())
+        for pacer in (self.online_pacer, self.offline_pacer):
+            if pacer is not None:
+                out.update(pacer.metrics())
         out.update(self._extra)
         return out
 
@@ -166,14 +188,26 @@ class E3Controller:
     def state_dict(self) -> dict:
         return {"step": self.step, "epoch": self.epoch, "allocator": self.allocator.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "pacer": None if self.pacer is None else self.pacer.state_dict()}
+                "pacer": None if self.online_pacer is None else self.online_pacer.state_dict(),
+                "offline_pacer": None if self.offline_pacer is None else {
+                    "indices": self.offline_pacer.sorted_indices.tolist(),
+                    "ppl": self.offline_pacer.sorted_ppl.tolist(), "seed": self._offline_seed,
+                    "state": self.offline_pacer.state_dict()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict``; the offline window is rebuilt from the saved scores (no re-scoring)."""
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.allocator.load_state_dict(state["allocator"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.pacer is not None and state.get("pacer") is not None:
-            self.pacer.load_state_dict(state["pacer"])
+        if self.online_pacer is not None and state.get("pacer") is not None:
+            self.online_pacer.load_state_dict(state["pacer"])
+        saved = state.get("offline_pacer")
+        if self.paces_offline and saved is None:
+            raise ValueError("the checkpoint holds no offline curriculum state, but e3.curriculum.mode=offline")
+        if saved is not None:
+            self.pace_offline(np.asarray(saved["indices"], dtype=np.int64), np.asarray(saved["ppl"], np.float64),
+                              saved["seed"])
+            self.offline_pacer.load_state_dict(saved["state"])
 
 
 def _finite_scores(scores) -> np.ndarray:

@@ -103,4 +103,4 @@ def test_offline_curriculum_paces_from_low_to_high_perplexity(model_dir, tmp_pat
     last = [int(i) for i in trainer._next_train_batch()["index"]]
     assert sorted(last) == sorted(ranked[-B:])
     assert trainer._next_train_batch()["__rollout_n__"].sum().item() == B * N
-    assert "curriculum/ppl_mean" in trainer.pacer.metrics()
+    assert "curriculum/ppl_mean" in trainer.controller.offline_pacer.metrics()

@@ -51,7 +51,7 @@ def controller(n: int = 8, size: int = 10, **sections) -> E3Controller:
     for section, values in sections.items():
         raw[section].update(values)
     cfg = E3Config.from_dict(raw)
-    return E3Controller.from_config(cfg, n, VOCAB, max_steps=100, dataset_indices=np.arange(size))
+    return E3Controller(cfg, n, VOCAB, max_steps=100, dataset_indices=np.arange(size))
 
 
 def step(ctrl: E3Controller, indices, scores_of, entropy: float) -> dict:

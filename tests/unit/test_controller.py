@@ -186,6 +186,54 @@ def test_online_curriculum_window():
         make().select_window(ppl)
 
 
+@pytest.mark.parametrize("roundtrip", [lambda s: s, "torch"])
+def test_offline_curriculum_is_owned_by_the_controller_and_resumes_identically(roundtrip):
+    """PREPO offline: the engine hands over the scores once; batches, metrics and state come from the controller."""
+    from roundtrip import torch_roundtrip
+
+    cfg = E3Config.from_dict({"curriculum": {"enable": True, "mode": "offline", "window_ratio": 0.25}})
+    ppl = np.linspace(3.0, 1.0, PROMPTS.size)  # the last dataset rows are the easiest
+    ctl = make(cfg)
+    assert ctl.paces_offline and ctl.num_candidates is None
+    with pytest.raises(RuntimeError, match="pace_offline"):
+        ctl.paced_prompts(BATCH)
+    ctl.pace_offline(PROMPTS, ppl, seed=3)
+    first = ctl.paced_prompts(BATCH)
+    assert set(first.tolist()) <= set(PROMPTS[-8:].tolist())  # step 0: inside the window of the 8 easiest
+    rows = np.repeat(first, N)
+    metrics = ctl.observe(rows, np.ones(rows.size), 1.0)
+    assert metrics["curriculum/progress"] == 0.0 and metrics["curriculum/window_start"] == 0
+    assert metrics["curriculum/ppl_mean"] == pytest.approx(ppl[np.isin(PROMPTS, first)].mean())
+    state = ctl.state_dict() if roundtrip != "torch" else torch_roundtrip(ctl.state_dict())
+    restored = make(cfg)  # never scored: the window is rebuilt from the checkpoint
+    restored.load_state_dict(state)
+    for _ in range(STEPS_PER_EPOCH * EPOCHS - 1):
+        a, b = ctl.paced_prompts(BATCH), restored.paced_prompts(BATCH)
+        assert a.tolist() == b.tolist()
+        ma = ctl.observe(np.repeat(a, N), np.zeros(a.size * N), 1.0)
+        mb = restored.observe(np.repeat(b, N), np.zeros(b.size * N), 1.0)
+        assert ma == mb
+    assert set(a.tolist()) <= set(PROMPTS[:8].tolist())  # the last step: the 8 hardest
+    with pytest.raises(ValueError, match="offline curriculum state"):
+        make(cfg).load_state_dict(make(E3Config()).state_dict())
+    with pytest.raises(RuntimeError, match="mode=offline"):
+        make().pace_offline(PROMPTS, ppl)
+
+
+def test_engines_import_no_pacer():
+    """The engines carry the controller's curriculum decisions; none of them builds a pacer itself."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "e3" / "engines"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                assert node.module != "e3.curriculum", path
+            elif isinstance(node, ast.Import):
+                assert all(a.name != "e3.curriculum" for a in node.names), path
+
+
 def test_end_epoch_needs_dataset_indices():
     ctl = E3Controller(E3Config(), N, VOCAB, max_steps=10)
     with pytest.raises(RuntimeError, match="dataset_indices"):

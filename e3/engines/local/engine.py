@@ -37,7 +37,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from e3.controller import E3Controller, StepPlan
-from e3.curriculum import OfflinePacer
 from e3.engines.local import checkpoint as ckpt
 from e3.engines.local.schema import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
 from e3.engines.local.evaluate import evaluate, summary
@@ -182,11 +181,8 @@ class LocalEngine:
         batch, n = cfg.rollout.batch_size, cfg.rollout.n
         self.ctrl = E3Controller(self.e3cfg, n, self.tok.vocab_size, max_steps=t.total_steps,
                                  dataset_indices=np.arange(len(self.train_rows)), batch_size=batch)
-        cur = self.e3cfg.curriculum
-        self.offline = cur.enable and cur.mode == "offline"
         per_step = self.ctrl.num_candidates or batch
         self.stream = DataStream(len(self.train_rows), per_step, cfg.seed)
-        self.pacer: Optional[OfflinePacer] = None
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.warm_start_info: dict = {}
@@ -224,21 +220,17 @@ class LocalEngine:
             bar.close()
         return info
 
-    def setup_offline_pacer(self) -> None:
-        """PREPO offline variant: score the whole training set once with the starting policy."""
+    def score_training_set(self) -> None:
+        """PREPO offline: perplexities of the whole training set under the starting policy, handed to the controller."""
         self.model.eval()
         ppl = np.concatenate([prompt_perplexity(self.model, self.prompts[s:s + 4096].to(self.device), self.tok.pad_id)
                               for s in range(0, len(self.prompts), 4096)])
-        self.pacer = OfflinePacer(np.arange(len(ppl)), ppl, self.cfg.trainer.total_steps,
-                                  self.e3cfg.curriculum.window_ratio, self.cfg.seed)
+        self.ctrl.pace_offline(np.arange(len(ppl)), ppl, self.cfg.seed)
 
     # -- state -------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "controller": self.ctrl.state_dict(), "stream": self.stream.state_dict(),
-                "pacer": None if self.pacer is None else {"state": self.pacer.state_dict(),
-                                                          "indices": self.pacer.sorted_indices,
-                                                          "ppl": self.pacer.sorted_ppl},
                 "rng": {"sampler": self.gen.get_state(), "torch": torch.get_rng_state(),
                         "numpy": np.random.get_state(), "python": random.getstate()},
                 "warm_start": self.warm_start_info}
@@ -249,11 +241,6 @@ class LocalEngine:
         self.opt.load_state_dict(state["optimizer"])
         self.ctrl.load_state_dict(state["controller"])
         self.stream.load_state_dict(state["stream"])
-        if state.get("pacer") is not None:
-            p = state["pacer"]
-            self.pacer = OfflinePacer(p["indices"], p["ppl"], self.cfg.trainer.total_steps,
-                                      self.e3cfg.curriculum.window_ratio, self.cfg.seed)
-            self.pacer.load_state_dict(p["state"])
         self.gen.set_state(state["rng"]["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
@@ -278,8 +265,8 @@ class LocalEngine:
 
     def next_prompts(self) -> tuple[np.ndarray, bool]:
         """The step's prompts (through the PREPO window when on) and whether they end a pass over the data."""
-        if self.pacer is not None:
-            idx = self.pacer.batch(self.step, self.cfg.rollout.batch_size)
+        if self.ctrl.paces_offline:
+            idx = self.ctrl.paced_prompts(self.cfg.rollout.batch_size)
             _, ended = self.stream.take()  # keeps epoch accounting: one step consumes one batch
         else:
             idx, ended = self.stream.take()
@@ -367,8 +354,6 @@ class LocalEngine:
         lv = self.levels[r.rows]
         metrics.update({f"reward/level_{int(v)}": float(r.scores[lv == v].mean()) for v in np.unique(lv)})
         metrics.update(u.stats)
-        if self.pacer is not None:
-            metrics.update(self.pacer.metrics())
         metrics.update({
             "epoch": self.stream.epoch, "actor/loss": u.loss, "actor/grad_norm": u.grad_norm,
             "actor/lr": float(self.cfg.trainer.lr), "response/length_mean": float(u.lengths.mean()),
@@ -485,8 +470,8 @@ def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[st
         engine.warm_start_info = engine.do_warm_start()
         say(f"[e3] warm start: {'loaded from cache' if engine.warm_start_info.get('cached') else 'trained'} "
             f"({engine.warm_start_info.get('seconds', 0):.0f} s of training) {engine.warm_start_info.get('path', '')}")
-        if engine.offline:
-            engine.setup_offline_pacer()
+        if engine.ctrl.paces_offline:
+            engine.score_training_set()
         report = startup_report(engine) if cfg.task.report_samples else {}
         if report:
             say(format_report(report, [str(s) for s in cfg.task.levels]))

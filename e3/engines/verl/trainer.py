@@ -63,7 +63,6 @@ from tensordict import TensorDict
 from e3.allocation.policy import resolve_policy
 from e3.schema import E3Config
 from e3.controller import E3Controller
-from e3.curriculum import OfflinePacer
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
 from e3.engines.verl.internals import check_verl_internals
 from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
@@ -80,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "e3"
 CONTROLLER_FILE = "e3_controller.pt"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the offline curriculum's state inside the controller's
 
 
 # e3 keys whose value verl's own key decides: (e3 section, key) -> the verl key (one source of truth each)
@@ -330,7 +329,6 @@ class E3Trainer(PPOTrainerSync):
         check_supported(config, self.e3_config)
         self.tau_dtype = logits_dtype(config)
         self.controller: E3Controller | None = None
-        self.pacer: OfflinePacer | None = None
         self._row_of: dict[int, int] = {}
         self._step_entropy = float("nan")
         self._e3_metrics: dict = {}
@@ -361,9 +359,8 @@ class E3Trainer(PPOTrainerSync):
                                        vocab_size=len(self.tokenizer), max_steps=int(self.total_training_steps),
                                        dataset_indices=indices, batch_size=int(self.config.data.train_batch_size),
                                        tau_dtype=self.tau_dtype)
-        if cfg.curriculum.enable:
-            self.pacer = OfflinePacer(indices, ppl, int(self.total_training_steps), cfg.curriculum.window_ratio,
-                                      seed=cfg.allocation.seed)
+        if self.controller.paces_offline:
+            self.controller.pace_offline(indices, ppl, seed=cfg.allocation.seed)
             self._row_of = {int(i): row for row, i in enumerate(indices.tolist())}
 
     # ------------------------------------------------------------------ decisions
@@ -376,7 +373,7 @@ class E3Trainer(PPOTrainerSync):
         return super().prepare_step()
 
     def _next_train_batch(self, num_prompts: int | None = None) -> TensorDict:
-        if self.pacer is None:
+        if not self.controller.paces_offline:
             batch = super()._next_train_batch(num_prompts)
         else:
             batch = self._paced_batch(num_prompts or int(self.config.data.train_batch_size))
@@ -414,7 +411,7 @@ class E3Trainer(PPOTrainerSync):
 
     def _paced_batch(self, num_prompts: int) -> TensorDict:
         """PREPO offline curriculum: the prompts of the paced window (dataset scored once, sorted by perplexity)."""
-        chosen = self.pacer.batch(self.controller.step, num_prompts)
+        chosen = self.controller.paced_prompts(num_prompts)
         rows = [self.train_dataset[self._row_of[int(i)]] for i in chosen.tolist()]
         batch_dict = collate_fn(rows)
         batch_dict["uid"] = np.array([str(uuid.uuid4()) for _ in rows], dtype=object)
@@ -469,8 +466,6 @@ class E3Trainer(PPOTrainerSync):
     def step(self, metrics: dict, timing_raw: dict):
         batch = super().step(metrics, timing_raw)
         metrics.update(scalar_metrics(self._e3_metrics))
-        if self.pacer is not None:
-            metrics.update(scalar_metrics(self.pacer.metrics()))
         if self.steps_per_epoch > 0 and self.global_steps % self.steps_per_epoch == 0:
             self.controller.end_epoch()  # before _save_checkpoint, so a checkpoint holds the new ranking
         return batch
@@ -486,15 +481,12 @@ class E3Trainer(PPOTrainerSync):
     def e3_state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "global_step": int(self.global_steps),
                 "controller": self.controller.state_dict(),
-                "pacer": None if self.pacer is None else self.pacer.state_dict(),
                 "e3_config": self.e3_config.to_dict()}
 
     def e3_load_state_dict(self, state: dict) -> None:
         if state["e3_config"] != self.e3_config.to_dict():
             logger.warning("e3 config differs from the checkpoint's; keeping the new settings, restoring the state")
         self.controller.load_state_dict(state["controller"])
-        if self.pacer is not None and state.get("pacer") is not None:
-            self.pacer.load_state_dict(state["pacer"])
 
     def _save_checkpoint(self):
         step_dir = f"global_step_{self.global_steps}"
