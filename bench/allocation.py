@@ -38,8 +38,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from e3.allocation.allocator import RolloutAllocator, RolloutSchedule  # noqa: E402
 from e3.allocation.informative import allocate_for_pass_rates, informative_fraction  # noqa: E402

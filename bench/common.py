@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from e3.engines.local.schema import PACKAGE_CONFIG_DIR  # noqa: E402
 from e3.io import atomic_write_json  # noqa: E402

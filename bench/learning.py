@@ -46,10 +46,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.common import (CONFIGS, TASKS, compose, curve, fmt, machine, rollouts_to_target,  # noqa: E402
+from common import (CONFIGS, TASKS, compose, curve, fmt, machine, rollouts_to_target,  # noqa: E402
                           run_overrides, run_phases, spread, table, write_json_atomic)
 from e3.io import atomic_write_jsonl  # noqa: E402
 
@@ -137,7 +135,7 @@ def load_runs(dirs: list[str]) -> list[dict]:
     """
     from omegaconf import OmegaConf
 
-    from bench.common import read_jsonl
+    from common import read_jsonl
 
     runs = []
     for d in dirs:

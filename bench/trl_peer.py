@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.common import (CONFIGS, config_path, curve, machine, run_overrides, run_phases, table,  # noqa: E402
+from common import (CONFIGS, config_path, curve, machine, run_overrides, run_phases, table,  # noqa: E402
                           write_json_atomic)
 
 

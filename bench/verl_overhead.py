@@ -33,10 +33,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, read_jsonl, table, write_json_atomic  # noqa: E402
+from common import machine, read_jsonl, table, write_json_atomic  # noqa: E402
 
 PHASES = ("gen", "old_log_prob", "adv", "update_actor", "update_weights")
 TARGET = 1.05

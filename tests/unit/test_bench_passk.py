@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_learning():
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "bench"))  # what `python bench/learning.py` has: its sibling common.py
     spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "bench" / "learning.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
