@@ -5,11 +5,9 @@ accuracy-versus-cumulative-rollouts curve, rollouts-to-target by linear interpol
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -92,11 +90,6 @@ def run_phases(fn, phases: list[list[tuple]], jobs: int, done=None) -> list:
             if done:
                 done(out[-1])
     return out
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def curve(metrics: list[dict], key: str = "val/accuracy") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

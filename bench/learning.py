@@ -135,7 +135,7 @@ def load_runs(dirs: list[str]) -> list[dict]:
     """
     from omegaconf import OmegaConf
 
-    from common import read_jsonl
+    from e3.io import read_jsonl
 
     runs = []
     for d in dirs:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from common import machine, read_jsonl, table, write_json_atomic  # noqa: E402
+from common import machine, table, write_json_atomic  # noqa: E402
+from e3.io import read_jsonl  # noqa: E402
 
 PHASES = ("gen", "old_log_prob", "adv", "update_actor", "update_weights")
 TARGET = 1.05

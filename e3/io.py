@@ -79,9 +79,9 @@ def iter_jsonl(path, *, allow_truncated_tail: bool = False) -> Iterator[tuple[in
         yield i, obj
 
 
-def read_jsonl(path, *, allow_truncated_tail: bool = False) -> list[tuple[int, dict]]:
-    """All ``(line_number, object)`` pairs of a JSON-lines file (see :func:`iter_jsonl`)."""
-    return list(iter_jsonl(path, allow_truncated_tail=allow_truncated_tail))
+def read_jsonl(path, *, allow_truncated_tail: bool = False) -> list[dict]:
+    """All objects of a JSON-lines file, in order (see :func:`iter_jsonl`, which also gives their line numbers)."""
+    return [obj for _, obj in iter_jsonl(path, allow_truncated_tail=allow_truncated_tail)]
 
 
 def require(obj: dict, field: str, kind, path, line: int, *, nonempty: bool = False):

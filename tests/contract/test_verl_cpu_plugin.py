@@ -97,10 +97,11 @@ def test_changed_verl_internals_fail_loudly_naming_the_version(monkeypatch):
     import verl.workers.rollout.base as base
 
     from e3.engines.verl.cpu import verl_internals as vi
+    from e3.engines.verl.internals import VerlInternalsChanged, check_version
 
     monkeypatch.setattr(verl, "__version__", "0.9.2")
-    with pytest.raises(vi.VerlInternalsChanged, match=r"verl==0\.9\.1.*installed verl is 0\.9\.2"):
-        vi.check_version()
+    with pytest.raises(VerlInternalsChanged, match=r"verl==0\.9\.1.*installed verl is 0\.9\.2"):
+        check_version()
     monkeypatch.setattr(dist, "initialize_global_process_group_ray", lambda timeout_second=None: None)
     with pytest.raises(vi.VerlInternalsChanged, match="initialize_global_process_group_ray"):
         vi.patch_process_group_backend()

@@ -17,7 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 from e3.engines.local import checkpoint as ckpt
-from e3.engines.local.engine import main, read_metrics, run
+from e3.engines.local.engine import main, run
+from e3.io import read_jsonl
 from e3.engines.local.schema import ConfigError
 from e3.tasks.arithmetic import DataError
 
@@ -168,7 +169,7 @@ def test_sigkill_and_resume_make_the_same_decisions_as_an_uninterrupted_run(tmp_
     cfg = tiny(ws_cache, trainer={"total_steps": 7, "save_every": 2, "val_every": 7})
     ref = _spawn(cfg, str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
-    reference = [strip_timing(m) for m in read_metrics(str(tmp_path / "ref"))]
+    reference = [strip_timing(m) for m in read_jsonl(tmp_path / "ref" / "metrics.jsonl")]
 
     # killed mid-step 6 (after sampling): resumes from the step-4 checkpoint
     run_dir = str(tmp_path / "killed")
@@ -182,7 +183,7 @@ def test_sigkill_and_resume_make_the_same_decisions_as_an_uninterrupted_run(tmp_
     assert any(n.startswith(".tmp-step_000006") for n in os.listdir(os.path.join(run_dir, "checkpoints")))
     p = _spawn(cfg, run_dir, resume=True)
     assert p.returncode == 0, p.stderr
-    resumed = [strip_timing(m) for m in read_metrics(run_dir)]
+    resumed = [strip_timing(m) for m in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))]
     assert [m["step"] for m in resumed] == list(range(8))
     for a, b in zip(reference, resumed):  # n_i, temperature, rewards, entropy, loss: all identical
         assert a == b, (a["step"], {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)})

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from e3.engines.local.engine import run
 from e3.engines.local.schema import ConfigError
-from e3.engines.local.tracking import Tracker
+from e3.engines.local.tracking import ExperimentLogger
 
 from test_local_engine import tiny, ws_cache  # noqa: F401  (the tiny run and its warm-start cache fixture)
 
@@ -23,8 +23,8 @@ def _events(logdir: str) -> EventAccumulator:
     return acc
 
 
-def test_tracker_writes_tensorboard_scalars_and_histograms(tmp_path, capsys):
-    t = Tracker(["console", "tensorboard"], str(tmp_path), "p", None, {"trainer": {"lr": 1e-3}})
+def test_experiment_logger_writes_tensorboard_scalars_and_histograms(tmp_path, capsys):
+    t = ExperimentLogger(["console", "tensorboard"], str(tmp_path), "p", None, {"trainer": {"lr": 1e-3}})
     for step in range(3):
         t.log({"step": step, "reward/mean": 0.25 * step, "rollout/n_hist": [4, 8, 12], "done": True,
                "broken": float("nan")}, step)
@@ -39,10 +39,10 @@ def test_tracker_writes_tensorboard_scalars_and_histograms(tmp_path, capsys):
 
 def test_unknown_or_missing_backend_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown backend 'neptune'"):
-        Tracker(["neptune"], str(tmp_path), "p", None)
+        ExperimentLogger(["neptune"], str(tmp_path), "p", None)
     if importlib.util.find_spec("mlflow") is None:
         with pytest.raises(ConfigError, match="mlflow needs the 'mlflow' package"):
-            Tracker(["mlflow"], str(tmp_path), "p", None)
+            ExperimentLogger(["mlflow"], str(tmp_path), "p", None)
 
 
 def test_a_run_logs_every_step_to_tensorboard_and_wandb_offline(tmp_path, ws_cache, monkeypatch, capsys):

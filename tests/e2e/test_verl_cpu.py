@@ -25,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e3.io import read_jsonl
+
 pytestmark = pytest.mark.slow
 
 B, N, VOCAB = 8, 8, 16  # prompts per step, rollout.n, the character vocabulary
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def metrics_by_step(run: Path) -> dict[int, dict]:

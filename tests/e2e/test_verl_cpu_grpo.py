@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e3.io import read_jsonl
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,10 +39,6 @@ config = compose("verl_cpu_tiny", ["cpu_tiny.train_size=16", f"cpu_tiny.run_dir=
 prepare_run(config)  # the tiny model and parquet, built once and cached (as verl_cpu_runs.py uses them)
 print("ASSETS" + json.dumps({"model": config.cpu_tiny.model_dir, "data": config.cpu_tiny.data_dir}))
 """
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

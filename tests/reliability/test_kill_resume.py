@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import e3.io
+
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ("step_begin", "after_rollout", "step_end", "state_write", "checkpoint_partial", "prune", "time")
 SAVE_POINTS = ("state_write", "checkpoint_partial", "prune")  # only on steps that save a checkpoint
@@ -114,17 +116,7 @@ def strip(m: dict) -> dict:
 
 def read_jsonl(path) -> list[dict]:
     """Complete lines only (a kill may leave a cut last line)."""
-    if not os.path.isfile(path):
-        return []
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.endswith("\n"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-    return out
+    return e3.io.read_jsonl(path, allow_truncated_tail=True) if os.path.isfile(path) else []
 
 
 def inspect_checkpoints(run_dir: Path) -> dict:

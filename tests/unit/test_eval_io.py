@@ -101,7 +101,7 @@ def test_truncated_tail_is_dropped_atomically(tmp_path):
         out.append({"id": "b", "text": "line\nbreak"})
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"id": "c", "resp')
-    assert [r["id"] for _, r in read_jsonl(path, allow_truncated_tail=True)] == ["a", "b"]
+    assert [r["id"] for r in read_jsonl(path, allow_truncated_tail=True)] == ["a", "b"]
     with pytest.raises(DataError, match="line 3: malformed JSON"):
         read_jsonl(path)
     assert drop_truncated_tail(path) == len(b'{"id": "c", "resp')

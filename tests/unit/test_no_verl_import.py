@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CORE = ["e3.allocation", "e3.temperature", "e3.curriculum", "e3.weighting", "e3.advantage", "e3.metrics",
-        "e3.schema", "e3.controller"]
+CORE = ["e3.allocation.allocator", "e3.allocation.registry", "e3.temperature", "e3.curriculum", "e3.weighting",
+        "e3.advantage", "e3.metrics", "e3.schema", "e3.controller"]
 
 
 def _core_modules():
@@ -32,7 +32,7 @@ def test_core_imports_without_verl():
 
 
 def test_controller_use_imports_without_verl():
-    # constructing the controller loads optional allocation policies lazily: they must not pull verl in either
+    # constructing and running the controller (every built-in allocation policy loaded) must not pull verl in either
     code = ("import numpy as np; from e3.schema import E3Config; from e3.controller import E3Controller; "
             "c = E3Controller(E3Config(), 8, 151936, max_steps=4, dataset_indices=np.arange(8)); "
             "p = c.plan(np.arange(4)); c.observe(p.rollout_indices(), np.zeros(p.total), 1.0); c.end_epoch(); "
@@ -51,8 +51,8 @@ def test_the_check_detects_verl():
 def test_local_engine_and_its_trackers_import_without_verl(tmp_path):
     # the local engine, its Hydra-composed config and its trackers (tensorboard here) stay free of verl
     code = ("import e3.engines.local; from e3.engines.local.schema import load_config; "
-            "from e3.engines.local.tracking import Tracker; load_config('grpo'); "
-            f"t = Tracker(['console', 'tensorboard'], {str(tmp_path)!r}, 'p', None); "
+            "from e3.engines.local.tracking import ExperimentLogger; load_config('grpo'); "
+            f"t = ExperimentLogger(['console', 'tensorboard'], {str(tmp_path)!r}, 'p', None); "
             "t.log({'step': 1, 'reward/mean': 0.5}, 1); t.close(); " + CHECK)
     proc = _run(code)
     assert proc.returncode == 0, proc.stderr

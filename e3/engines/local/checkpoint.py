@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from e3.io import atomic_write_text as write_text_atomic  # noqa: F401  (re-exported for the engine)
+from e3.io import atomic_write_text
 from e3.io import fsync_dir as _fsync_dir
 
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -36,7 +36,7 @@ def save(run_dir: str, step: int, state: dict, keep: int = 2,
         torch.save(state, fh)
         fh.flush()
         os.fsync(fh.fileno())
-    write_text_atomic(os.path.join(tmp, "meta.json"), json.dumps({"step": step}))
+    atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps({"step": step}))
     _fsync_dir(tmp)
     if hook is not None:
         hook("checkpoint_partial", {"step": step, "tmp": tmp})
@@ -48,7 +48,7 @@ def save(run_dir: str, step: int, state: dict, keep: int = 2,
     else:
         os.replace(tmp, final)
     _fsync_dir(root)
-    write_text_atomic(os.path.join(root, "latest"), name + "\n")
+    atomic_write_text(os.path.join(root, "latest"), name + "\n")
     for old_step in list_steps(run_dir)[:-max(1, keep)]:
         # rename first: a kill during the delete leaves a hidden .old-* dir (removed by clean_partial), never a
         # half-deleted step_* that looks like a checkpoint

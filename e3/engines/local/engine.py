@@ -40,10 +40,11 @@ from e3.controller import E3Controller, StepPlan
 from e3.engines.local import checkpoint as ckpt
 from e3.engines.local.schema import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
 from e3.engines.local.evaluate import evaluate, summary
-from e3.engines.local.tracking import Tracker, check_backends
-from e3.engines.local.run_dir import prepare_run_dir, read_metrics, truncate_metrics
+from e3.engines.local.tracking import ExperimentLogger, check_backends
+from e3.engines.local.run_dir import prepare_run_dir, truncate_metrics
 from e3.engines.local.policy_loss import clipped_pg_loss
 from e3.engines.local.sampling import prompt_perplexity, response_logprobs, sample
+from e3.io import atomic_write_text, read_jsonl
 from e3.tasks.report import format_report, startup_report
 from e3.tasks.model import build_model, warm_start
 from e3.tasks import chain as chain_task
@@ -137,7 +138,7 @@ class Rollouts:
     """One step's samples: the plan they follow, the prompt of each rollout, tokens, mask, scores."""
 
     plan: StepPlan
-    rows: np.ndarray  # prompt (training-set row) of each rollout, n_i copies each
+    rollout_indices: np.ndarray  # prompt (training-set row) of each rollout, n_i copies each
     prompts: torch.Tensor  # [R, prompt_width]
     tokens: torch.Tensor  # [R, max_new_tokens]
     mask: torch.Tensor  # [R, max_new_tokens], 1 up to and including eos
@@ -186,7 +187,7 @@ class LocalEngine:
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.warm_start_info: dict = {}
-        self.tracker: Optional[Tracker] = None  # run() attaches the configured trackers
+        self.experiment_logger: Optional[ExperimentLogger] = None  # run() attaches trainer.logger's backends
 
     # -- setup -------------------------------------------------------------------------------------------------
     def emit(self, event: str, info: dict) -> None:
@@ -284,21 +285,21 @@ class LocalEngine:
         timings["time/select"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         plan = self.ctrl.plan(idx, total=cfg.rollout.batch_size * cfg.rollout.n)
-        rows = plan.rollout_indices()
+        rollout_indices = plan.rollout_indices()
         timings["time/controller"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         self.model.eval()
-        prompts = self.prompts[rows].to(self.device)
+        prompts = self.prompts[rollout_indices].to(self.device)
         tokens, mask = sample(self.model, prompts, cfg.task.max_new_tokens, float(plan.temperature), self.tok.eos_id,
                               self.tok.pad_id, generator=self.gen)
         timings["time/generate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         responses = [self.tok.decode(r) for r in tokens.cpu().numpy()]
-        scores = np.array([self.score(r, self.train_rows[i]["answer"]) for r, i in zip(responses, rows)])
+        scores = np.array([self.score(r, self.train_rows[i]["answer"]) for r, i in zip(responses, rollout_indices)])
         timings["time/score"] = time.perf_counter() - t0
         self.emit("after_rollout", {"step": self.step + 1, "n": plan.n_per_prompt, "temperature": plan.temperature})
-        return Rollouts(plan, rows, prompts, tokens, mask, scores, epoch_ended, timings)
+        return Rollouts(plan, rollout_indices, prompts, tokens, mask, scores, epoch_ended, timings)
 
     def update(self, r: Rollouts) -> Update:
         """GRPO advantages over the unequal groups (x PREPO weights), then the clipped policy-gradient steps.
@@ -320,16 +321,16 @@ class LocalEngine:
         t_forward = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        adv = self.ctrl.advantages(r.scores, r.rows, entropies=per_rollout_entropy, lengths=lengths.cpu().numpy())
+        adv = self.ctrl.advantages(r.scores, r.rollout_indices, entropies=per_rollout_entropy, lengths=lengths.cpu().numpy())
         t_controller = time.perf_counter() - t0
         adv_t = torch.as_tensor(adv, dtype=torch.float32, device=self.device)
 
         t0 = time.perf_counter()
         stats, losses, norms = {}, [], []
-        size = len(r.rows) // t.mini_batches
+        size = len(r.rollout_indices) // t.mini_batches
         order_rng = np.random.default_rng([self.cfg.seed, self.step, 17])
         for _ in range(t.ppo_epochs):
-            order = np.arange(len(r.rows)) if on_policy else order_rng.permutation(len(r.rows))
+            order = np.arange(len(r.rollout_indices)) if on_policy else order_rng.permutation(len(r.rollout_indices))
             for mb in range(t.mini_batches):
                 sel = torch.as_tensor(order[mb * size:(mb + 1) * size], device=self.device)
                 lp = logp if on_policy else response_logprobs(self.model, r.prompts[sel], r.tokens[sel], tau)[0]
@@ -345,13 +346,13 @@ class LocalEngine:
     def observe(self, r: Rollouts, u: Update) -> dict:
         """Rewards and entropy back to the controllers (epoch end included); the step's metrics."""
         t0 = time.perf_counter()
-        metrics = self.ctrl.observe(r.rows, r.scores, u.entropy)
+        metrics = self.ctrl.observe(r.rollout_indices, r.scores, u.entropy)
         if r.epoch_ended:
             self.ctrl.end_epoch()
         t_controller = r.timings["time/controller"] + u.controller_seconds + time.perf_counter() - t0
         self.step += 1
         assert metrics["step"] == self.step, (metrics["step"], self.step)
-        lv = self.levels[r.rows]
+        lv = self.levels[r.rollout_indices]
         metrics.update({f"reward/level_{int(v)}": float(r.scores[lv == v].mean()) for v in np.unique(lv)})
         metrics.update(u.stats)
         metrics.update({
@@ -367,11 +368,11 @@ class LocalEngine:
 
     # -- the run -----------------------------------------------------------------------------------------------
     def log(self, metrics: dict) -> None:
-        """metrics.jsonl (always), then the trackers of ``trainer.logger``."""
+        """metrics.jsonl (always), then the backends of ``trainer.logger``."""
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(metrics) + "\n")
-        if self.tracker is not None:
-            self.tracker.log(metrics, int(metrics["step"]))
+        if self.experiment_logger is not None:
+            self.experiment_logger.log(metrics, int(metrics["step"]))
 
     def validate(self) -> dict:
         t0 = time.perf_counter()
@@ -383,7 +384,7 @@ class LocalEngine:
         res, per = evaluate(self.model, self.tok, self.val_rows, self.cfg, self.device,
                             self.cfg.seed * 1_000_003 + self.step, baseline, score_fn=self.score)
         os.makedirs(os.path.join(self.run_dir, "val"), exist_ok=True)
-        ckpt.write_text_atomic(os.path.join(self.run_dir, "val", f"step_{self.step:06d}.json"), json.dumps(per))
+        atomic_write_text(os.path.join(self.run_dir, "val", f"step_{self.step:06d}.json"), json.dumps(per))
         res["time/val"] = time.perf_counter() - t0
         return res
 
@@ -450,12 +451,12 @@ def run(config=None, run_dir: Optional[str] = None, resume: bool = False, overri
     check_backends(cfg.trainer.logger)
     os.makedirs(run_dir, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    engine.tracker = Tracker(cfg.trainer.logger, run_dir, cfg.trainer.project_name, cfg.trainer.experiment_name,
-                             OmegaConf.to_container(cfg, resolve=True))
+    engine.experiment_logger = ExperimentLogger(cfg.trainer.logger, run_dir, cfg.trainer.project_name,
+                                                cfg.trainer.experiment_name, OmegaConf.to_container(cfg, resolve=True))
     try:
         return _run(engine, cfg, run_dir, latest, resume, say)
     finally:
-        engine.tracker.close()
+        engine.experiment_logger.close()
 
 
 def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[str], resume: bool, say) -> RunResult:
@@ -463,7 +464,7 @@ def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[st
         if resume:
             say(f"[e3] {run_dir} has no complete checkpoint yet: starting it again from step 0")
             truncate_metrics(run_dir, -1)
-        ckpt.write_text_atomic(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
+        atomic_write_text(os.path.join(run_dir, "config.yaml"), OmegaConf.to_yaml(cfg))
         write_jsonl(engine.train_rows, os.path.join(run_dir, "train.jsonl"))
         write_jsonl(engine.val_rows, os.path.join(run_dir, "val.jsonl"))
         say(f"[e3] run dir {run_dir}")
@@ -488,7 +489,7 @@ def _run(engine: LocalEngine, cfg: DictConfig, run_dir: str, latest: Optional[st
         say(f"[e3] resuming {run_dir} from {latest} (step {engine.step})"
             + (f"; removed partial {removed}" if removed else ""))
     engine.train()
-    result = RunResult(run_dir, read_metrics(run_dir), ckpt.latest_checkpoint(run_dir))
+    result = RunResult(run_dir, read_jsonl(os.path.join(run_dir, "metrics.jsonl")), ckpt.latest_checkpoint(run_dir))
     if cfg.plots:
         result.figures = _figures(run_dir, say)
     _export(engine, run_dir)

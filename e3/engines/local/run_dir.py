@@ -7,7 +7,6 @@ written after that checkpoint (by the killed process) are dropped so the log con
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Optional
@@ -16,6 +15,7 @@ from omegaconf import DictConfig
 
 from e3.engines.local import checkpoint as ckpt
 from e3.engines.local.schema import ConfigError
+from e3.io import atomic_write_jsonl, read_jsonl
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Optional[str], resume: bool) -> tuple[str, Optional[str]]:
@@ -47,17 +47,5 @@ def truncate_metrics(run_dir: str, step: int) -> None:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         return
-    keep = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by the kill
-    ckpt.write_text_atomic(path, "".join(keep))
-
-
-def read_metrics(run_dir: str) -> list:
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    atomic_write_jsonl(path, [m for m in read_jsonl(path, allow_truncated_tail=True)  # a last line cut by the kill
+                              if m["step"] <= step])

@@ -125,7 +125,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class Tracker:
+class ExperimentLogger:
     """Fans each step's metrics out to the configured backends; ``close()`` flushes and finishes them."""
 
     def __init__(self, backends: Iterable[str], run_dir: str, project: str, experiment: Optional[str],

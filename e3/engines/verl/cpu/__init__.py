@@ -36,8 +36,9 @@ def _register() -> None:
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
     from e3.engines.verl.cpu.hf_rollout import BACKEND_NAME, load_replica_class
+    from e3.engines.verl.internals import check_version
 
-    verl_internals.check_version()
+    check_version()
     verl_internals.patch_process_group_backend()
     RolloutReplicaRegistry.register(BACKEND_NAME, load_replica_class)
     verl_internals.register_rollout_adapter(BACKEND_NAME, "async", "e3.engines.verl.cpu.hf_rollout.HFServerAdapter")

@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from e3.io import read_jsonl
 from e3.tasks.arithmetic import CharTokenizer, build_pools, sample_rows, score
 
 DATA_SOURCE = "e3_tiny_arith"
@@ -221,12 +222,8 @@ def prepare_run(config) -> str:
 def read_metrics(path: str) -> dict[int, dict]:
     """verl's file logger output (one ``{"step", "data"}`` line per log call) merged per step."""
     steps: dict[int, dict] = {}
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    rec = json.loads(line)
-                    steps.setdefault(int(rec["step"]), {}).update(rec["data"])
+    for rec in read_jsonl(path) if os.path.isfile(path) else []:
+        steps.setdefault(int(rec["step"]), {}).update(rec["data"])
     return steps
 
 

@@ -22,7 +22,7 @@ import functools
 import inspect
 import sys
 
-from e3.engines.verl.internals import VerlInternalsChanged, changed, check_version  # noqa: F401
+from e3.engines.verl.internals import VerlInternalsChanged, changed
 
 
 def _fail(what: str) -> VerlInternalsChanged:
