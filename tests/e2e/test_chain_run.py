@@ -15,9 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from e3.engines.local.engine import run
-from e3.engines.local.schema import CONFIG_DIR, ConfigError, load_config
+from e3.engines.local.schema import PACKAGE_CONFIG_DIR, ConfigError, load_config
 
-CHAIN = os.path.join(CONFIG_DIR, "chain.yaml")
+CHAIN = os.path.join(PACKAGE_CONFIG_DIR, "chain.yaml")
 
 
 @pytest.fixture(scope="module")
