@@ -15,26 +15,11 @@ it can be reaped and hands it to the caller, which kills with ``signal.pidfd_sen
 process, never a later one with the same number). Where pidfds do not exist (not Linux >= 5.3), the caller asks
 the zygote to kill, and the zygote kills only children it has not reaped yet.
 
-Why hand-written and not a library pool (measured side by side by ``bench/reward_pool.py``; numbers in
-BENCHMARKS.md): the candidate, pebble 5.2.3's ``ProcessPool`` on a forkserver context with math-verify preloaded and
-warmed in the server, serves threads and Ray actors with the same verdicts and a throughput within the noise of
-ours, but it cannot do what follows, and its fork-context variant trades one failing for another:
-
-- daemonic callers: ``multiprocessing`` refuses to start children from a daemonic process, so no pool built on it
-  (stdlib's or pebble's, any context) can start a worker there (``AssertionError: daemonic processes are not
-  allowed to have children``); a ``subprocess`` zygote can;
-- pid reuse: on forkserver the forkserver reaps the workers while pebble, in the caller, stops a timed-out worker
-  by its pid number (``Process.terminate``, then ``os.kill``), a number that may by then name another process;
-  on the fork context the caller reaps, so that is safe, but then every worker (and every replacement after a
-  timeout) is a fork of the caller — in verl's reward worker a threaded Ray actor — and is warm only if the caller
-  itself has imported math-verify;
-- the caller's ``__main__``: forkserver (like spawn) workers re-import the caller's main module: a training script
-  that imports torch waits ~5x longer for its first verdict, and one without an ``if __name__ == "__main__"``
-  guard breaks the pool (``BrokenProcessPool``).
-
-So the zygote is needed for daemonic callers whatever else is used, and pebble's pid-safe variant costs warm,
-caller-independent workers: one hand-written pool serves every caller instead of two code paths. It also kills a
-hung worker at the deadline (SIGKILL; pebble sends SIGTERM, waits up to 3 s, and checks deadlines every 0.1 s).
+Why hand-written (the full comparison with pebble 5.2.3, measured by ``bench/reward_pool.py``, is in
+docs/reward.md and BENCHMARKS.md): no ``multiprocessing``-based pool can start workers from a daemonic caller,
+pebble's forkserver variant kills timed-out workers by pid number (unsafe under pid reuse) and re-imports the
+caller's ``__main__``, and its fork variant makes every worker a cold fork of the caller. One zygote pool serves
+every caller with warm workers and a SIGKILL at the deadline.
 """
 
 from __future__ import annotations
