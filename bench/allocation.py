@@ -6,7 +6,7 @@ Qwen2.5-Math-7B out of 10), or a synthetic Beta mixture. Per seed, ``--prompts``
 visits them in a fresh order in batches of 64 with 8 rollouts per prompt on average (total 512 per step, last
 partial batch dropped). Outcomes are Bernoulli(p_i) (common random numbers across policies); with ``--improve R`` a
 prompt whose group was mixed gains p <- p + R (1 - p) n_i / 8. Each policy sees only its own records (through
-``e3.allocation.RolloutAllocator``, exactly as the engines run it), never p.
+``e3.allocation.allocator.RolloutAllocator``, exactly as the engines run it), never p.
 
 Policies: ``uniform`` (8 each), then every ``--policies`` entry (default e3, informative, knapsack; any registered
 name or ``module.path:Class`` works unchanged) at caps [4,12] (E3's paper), [2,32] and [2,128] (Knapsack RL's range),

@@ -1,20 +1,12 @@
-"""Difficulty-aware rollout budgets: E3 Algorithm 1, with our fixes of the authors' code (docs/differences.md).
+"""The run's budget controller (E3, Liao et al., arXiv 2505.18573, section 3.1, Algorithm 1) around a pluggable split.
 
-E3 (Liao et al., arXiv 2505.18573, section 3.1, Algorithm 1): prompts are ranked by cumulative accuracy at every
-epoch end, highest first, and get difficulty k_i = rank_i / |D| (easy -> 0, hard -> 1). A batch of B prompts with
-total budget N = B * G is then split as
-
-    n_i = n_min + floor(R * k_i / sum_j k_j) (+ leftover one at a time in descending k),  R = N - B * n_min,
-
-and the bounds move every epoch: n_min = max(n_min - n_update, n_low), n_max = min(n_max + n_update, n_high).
-
-Our fixes of the authors' code: prompts of equal accuracy share their average rank (the authors' code ranks ties
-in dataset order; a random tie-break would give equal evidence unequal budgets); the cap n_max holds in every step
-(what a capped prompt cannot take is redistributed); sum(n_i) == N exactly; a harder prompt never gets fewer than
-an easier one; n_i >= 2 (a group of one has no baseline).
-
-The split itself is a plug-in (``e3.allocation.policy``): ``E3Policy`` (Alg. 1) and ``UniformPolicy`` live here,
-``informative`` and ``knapsack`` in their own modules, a user's policy in the user's module.
+- ``DifficultyTracker``: cumulative accuracy per prompt; at every epoch end prompts are ranked by it, highest
+  first, and get difficulty k_i = rank_i / |D| (easy -> 0, hard -> 1). Prompts of equal accuracy share their
+  average rank (our fix: the authors' code ranks ties in dataset order; docs/differences.md).
+- ``RolloutSchedule``: the bounds move every epoch, n_min = max(n_min - n_update, n_low),
+  n_max = min(n_max + n_update, n_high).
+- ``RolloutAllocator``: tracker + schedule + the policy that ``e3.allocation.policy`` selects (looked up in
+  ``e3.allocation.registry``; E3's own split is ``e3.allocation.e3``); every answer of the policy is checked.
 """
 
 from __future__ import annotations
@@ -23,69 +15,9 @@ from typing import Iterable
 
 import numpy as np
 
-from e3.allocation.policy import AllocationPolicy, build_policy, check_allocation, register_policy
-
-MIN_GROUP = 2
-
-
-def check_budget(size: int, total: int, n_min: int, n_max: int) -> None:
-    if n_min < MIN_GROUP:
-        raise ValueError(f"n_min={n_min} < {MIN_GROUP}: a group of one rollout has no GRPO baseline")
-    if n_max < n_min:
-        raise ValueError(f"n_max={n_max} < n_min={n_min}")
-    if total < size * n_min:
-        raise ValueError(f"total={total} < {size} prompts x n_min={n_min} = {size * n_min}: budget cannot be met")
-    if total > size * n_max:
-        raise ValueError(f"total={total} > {size} prompts x n_max={n_max} = {size * n_max}: budget cannot be spent")
-
-
-def allocate_rollouts(difficulty, total: int, n_min: int, n_max: int) -> np.ndarray:
-    """Split ``total`` rollouts over prompts in proportion to ``difficulty`` (E3 Alg. 1, capped).
-
-    ``difficulty`` holds k_i in [0, 1] (higher = harder). Returns int64 n_i with sum == total,
-    n_min <= n_i <= n_max, and k_i > k_j  =>  n_i >= n_j. All k zero spreads the remainder evenly.
-    Raises ``ValueError`` with the numbers when the budget is infeasible.
-    """
-    k = np.asarray(difficulty, dtype=np.float64).ravel()
-    total, n_min, n_max = int(total), int(n_min), int(n_max)
-    check_budget(k.size, total, n_min, n_max)
-    if not np.all(np.isfinite(k)) or np.any(k < 0):
-        raise ValueError("difficulty must be finite and >= 0")
-    n = np.full(k.size, n_min, dtype=np.int64)
-    remaining = total - k.size * n_min
-    # Water-filling: proportional floors among prompts below the cap; redistribute what capped prompts can't take.
-    # Alg. 1 makes one proportional pass; we repeat it only to redistribute what the cap cut off.
-    while remaining > 0:
-        open_ = n < n_max
-        weights = np.where(open_, k, 0.0)
-        if weights.sum() <= 0:
-            weights = open_.astype(np.float64)
-        wanted = np.floor(remaining * weights / weights.sum()).astype(np.int64)
-        share = np.minimum(wanted, n_max - n)
-        n += share
-        remaining -= int(share.sum())
-        if share.sum() == 0 or (np.array_equal(share, wanted) and remaining < np.count_nonzero(n < n_max)):
-            break
-    if remaining > 0:
-        # Leftover (< number of open prompts): one each in descending difficulty; stable order keeps ties fair.
-        order = np.argsort(-k, kind="stable")
-        for i in order:
-            if remaining == 0:
-                break
-            if n[i] < n_max:
-                n[i] += 1
-                remaining -= 1
-    return n
-
-
-def uniform_rollouts(size: int, total: int, n_min: int, n_max: int, difficulty=None) -> np.ndarray:
-    """Even split of ``total``; the remainder goes to the hardest prompts (or the first, without difficulty)."""
-    check_budget(size, total, n_min, n_max)
-    base, extra = divmod(int(total), size) if size else (0, 0)
-    n = np.full(size, base, dtype=np.int64)
-    order = np.arange(size) if difficulty is None else np.argsort(-np.asarray(difficulty, float), kind="stable")
-    n[order[:extra]] += 1
-    return n
+from e3.allocation.policy import MIN_GROUP, check_allocation, check_budget
+from e3.allocation.registry import build_policy
+from e3.allocation.uniform import uniform_rollouts
 
 
 class DifficultyTracker:
@@ -211,29 +143,11 @@ class RolloutSchedule:
         self.n_min, self.n_max = int(state["n_min"]), int(state["n_max"])
 
 
-class E3Policy(AllocationPolicy):
-    """``e3``: E3 Alg. 1 on the tracker's epoch-end ranking k_i (budget proportional to difficulty, capped)."""
-
-    def allocate(self, indices, total, n_min, n_max):
-        return allocate_rollouts(self.tracker.difficulty(indices), total, n_min, n_max)
-
-
-class UniformPolicy(AllocationPolicy):
-    """``uniform``: an even split; the remainder goes to the hardest prompts of the last ranking."""
-
-    def allocate(self, indices, total, n_min, n_max):
-        return uniform_rollouts(len(indices), total, n_min, n_max, self.tracker.difficulty(indices))
-
-
-register_policy("e3", E3Policy)
-register_policy("uniform", UniformPolicy)
-
-
 class RolloutAllocator:
     """Stateful budget controller: tracker + schedule + policy. ``allocate`` decides, ``observe`` learns.
 
     ``policy`` is what ``e3.allocation.policy`` says: a registered name or ``module.path:ClassName`` (see
-    ``e3.allocation.policy``); it is resolved here, so a bad value fails when the allocator is built, with an
+    ``e3.allocation.registry``); it is resolved here, so a bad value fails when the allocator is built, with an
     error naming the key. Every answer of the policy is checked (length, integers, sum, bounds).
     """
 

@@ -1,50 +1,28 @@
 """Allocation policy "informative": maximise the expected number of rollouts in mixed-outcome groups.
 
-GRPO's advantage (s - mean) / std is zero for every rollout of a group whose outcomes are all equal, so only
-rollouts in *mixed* groups carry gradient. For a prompt with pass rate p and a group of n rollouts the expected
-number of such informative rollouts is
+Only rollouts in a mixed group (not all rewards equal) get a non-zero GRPO advantage. For a prompt with pass rate p
+and a group of n rollouts the expected number of such rollouts is
 
-    f(n; p) = n * (1 - p^n - (1 - p)^n).
+    f(n; p) = n * (1 - p^n - (1 - p)^n),
 
-Objective: choose integers n_i with sum_i n_i = total and n_min <= n_i <= n_max maximising sum_i E[f(n_i; p_i)],
-where p_i is unknown and estimated from the prompt's history in the tracker: s_i successes out of c_i rollouts
-(rewards taken as success indicators, clipped to [0, 1]) give the Beta posterior Beta(a + s_i, b + c_i - s_i)
-with a uniform prior a = b = 1 (Laplace). We use the exact posterior predictive (beta-binomial):
+and the policy chooses integers n_i with sum_i n_i = total, n_min <= n_i <= n_max maximising sum_i E[f(n_i; p_i)],
+p_i ~ Beta(a + s_i, b + c_i - s_i) from the prompt's s_i successes in c_i rollouts (a = b = 1), through the exact
+beta-binomial predictive
 
-    P(all n correct) = prod_{j<n} (alpha + j) / (alpha + beta + j),  P(all n wrong) likewise with alpha <-> beta,
+    P(all n correct) = prod_{j<n} (alpha + j) / (alpha + beta + j),  P(all n wrong) likewise with alpha <-> beta.
 
-rather than plugging in the posterior mean (which, by Jensen, would overstate mixing for rarely-seen prompts).
-An unseen prompt has P(mixed) = (n - 1) / (n + 1): it is treated as maximally uncertain, not as hardest.
-(E3's ``prior_accuracy`` is for its ranking and is not used here.)
-
-Is greedy on marginal gains exact? Greedy (start at n_min, give one rollout at a time to the largest gain
-f_i(n_i + 1) - f_i(n_i)) is exact iff every f_i has non-increasing increments on [n_min, n_max]. f(n; p) does
-not: its increments *rise* for n up to about 2 / min(p, 1 - p) (checked numerically: p = 0.3 up to n = 5,
-p = 0.1 up to n = 18, p = 0.01 up to n = 198) and fall after. So greedy is exact only when every prompt has
-min(p_i, 1 - p_i) >= about 2 / n_min — for the paper's caps [4, 12] only near p = 0.5; elsewhere it can starve a
-near-solved prompt whose payoff only appears after several extra rollouts. We therefore solve the problem exactly
-as a multiple-choice knapsack by dynamic programming over the spare budget R = total - B * n_min:
-O(B * R * (n_max - n_min + 1)), 2-4 ms for B = 64, total 512, caps [4, 12] to [2, 32]. ``greedy_allocation`` is
-kept for comparison (tests: optimal on concave tables, loses on some of these). The predictive version is no
-better behaved: for an unseen prompt f(n) = n - 2 + 2 / (n + 1) is convex on every range, so a batch of only unseen
-prompts is split all-or-nothing (n_max / n_min). In E3's schedule the caps stay [G, G] until every prompt has been
-seen once, so that only concerns prompts added later.
-
-Ties are exact (gains are snapped to a power-of-two grid 2^-50 below their total, so sums do not round) and broken
-by a fixed rule: the last prompt of the batch gets the smallest budget among optimal allocations, then the one
-before it, and so on; identical prompts give the extra rollouts to the earlier ones. Invariants as for E3's rule:
-sum == total, n_min <= n_i <= n_max, n_i >= 2; an infeasible budget raises ``ValueError`` via ``e3.allocation``.
+f is not concave in n, so greedy on marginal gains is not exact: the problem is solved exactly as a multiple-choice
+knapsack by dynamic programming over the spare budget (``allocate_max_separable``). Why, the tie rule and the
+measured cost: docs/allocation.md.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 
 import numpy as np
 
-from e3.allocation.allocator import check_budget
-from e3.allocation.policy import AllocationPolicy, check_pass_rates, register_policy
+from e3.allocation.policy import AllocationPolicy, check_budget, check_pass_rates
 
 PRIOR_A = 1.0
 """Beta prior pseudo-successes for the pass rate of a prompt (uniform prior: a = b = 1)."""
@@ -89,7 +67,11 @@ def posterior_table(successes, counts, n_min: int, n_max: int, a: float = PRIOR_
 
 
 def allocate_max_separable(values, total: int, n_min: int, n_max: int) -> np.ndarray:
-    """Exact argmax of sum_i values[i, n_i - n_min] s.t. sum n_i = total, n_min <= n_i <= n_max (DP knapsack)."""
+    """Exact argmax of sum_i values[i, n_i - n_min] s.t. sum n_i = total, n_min <= n_i <= n_max (DP knapsack).
+
+    Among optimal allocations (values snapped to a power-of-two grid, so ties are exact) the last prompt gets the
+    smallest budget, then the one before it, and so on.
+    """
     total, n_min, n_max = int(total), int(n_min), int(n_max)
     values = np.asarray(values, dtype=np.float64)
     size, width = (values.shape[0] if values.ndim else 0), n_max - n_min + 1
@@ -122,23 +104,6 @@ def allocate_max_separable(values, total: int, n_min: int, n_max: int) -> np.nda
     return n
 
 
-def greedy_allocation(values, total: int, n_min: int, n_max: int) -> np.ndarray:
-    """Heap greedy on marginal gains from n_min (exact only for tables with non-increasing increments)."""
-    values = np.asarray(values, dtype=np.float64)
-    size = values.shape[0]
-    check_budget(size, total, n_min, n_max)
-    n = np.full(size, n_min, dtype=np.int64)
-    heap = [(-(values[i, 1] - values[i, 0]), i) for i in range(size) if n_max > n_min]
-    heapq.heapify(heap)
-    for _ in range(int(total) - size * n_min):
-        _, i = heapq.heappop(heap)
-        n[i] += 1
-        k = n[i] - n_min
-        if n[i] < n_max:
-            heapq.heappush(heap, (-(values[i, k + 1] - values[i, k]), i))
-    return n
-
-
 def allocate_informative(successes, counts, total: int, n_min: int, n_max: int,
                          a: float = PRIOR_A, b: float = PRIOR_B) -> np.ndarray:
     """Budgets maximising expected informative rollouts from per-prompt success/rollout counts (exact)."""
@@ -164,5 +129,3 @@ class InformativePolicy(AllocationPolicy):
         successes = np.where(counts > 0, np.clip(self.tracker.accuracy(idx), 0.0, 1.0) * counts, 0.0)
         return allocate_informative(successes, counts, total, n_min, n_max)
 
-
-register_policy("informative", InformativePolicy)

@@ -1,48 +1,26 @@
 """Allocation policy "knapsack": Knapsack RL (Li et al. 2025, "Knapsack RL: Unlocking Exploration of LLMs via
 Optimizing Budget Allocation", arXiv 2509.25849), written from the paper's formulation.
 
-Each prompt is an item; giving it N rollouts costs N and is worth the task value of the paper's knapsack
-formulation (its "Value = ProbNonZeroGradient x InfoGain"; we cite it by name, as the paper's equation numbering
-could not be checked here)
+Each prompt is an item; N rollouts cost N and are worth the paper's task value
 
-    Value(N, p) = ProbNonZeroGradient(N, p) x InfoGain(p),
-    ProbNonZeroGradient(N, p) = 1 - p^N - (1 - p)^N      (a GRPO group of N Bernoulli(p) rewards is mixed),
-    InfoGain(p) = p (1 - p)^2                            (the paper's approximation of the gain in success
-                                                         probability that one gradient step on the prompt buys),
+    Value(N, p) = ProbNonZeroGradient(N, p) x InfoGain(p) = (1 - p^N - (1 - p)^N) x p (1 - p)^2,
 
-and the step's budget is split by the knapsack (the paper: N_low = 2, N_up = 128)
+and the step's budget is split by the knapsack
 
     max_{N_i}  sum_i Value(N_i, p_i)   s.t.   sum_i N_i = N_total,   N_low <= N_i <= N_up.
 
-Exact solution. Value(., p) is concave in N: its increments
-Value(N + 1, p) - Value(N, p) = InfoGain(p) (p^N (1 - p) + (1 - p)^N p) never increase with N (both terms are
-non-increasing for 0 <= p <= 1). For a separable concave objective under one equality constraint, taking the
-R = N_total - B N_low largest increments (each prompt's taken in order, which concavity makes automatic) is exact
-(marginal analysis: Gross 1956, Fox 1966; Ibaraki & Katoh, "Resource Allocation Problems", 1988) -- so no DP is needed: a selection in
-the B x (N_up - N_low) increment table (one sort), a few ms for B = 512 at [2, 128]. The tests check
-it against brute force and against the general DP of ``e3.allocation.informative.allocate_max_separable``.
-
-Pass-rate estimate (class attribute ``estimator``): ``"last"`` (default) -- p_i = mean reward (clipped to [0, 1])
-of the prompt's most recent group, i.e. its rollouts in the previous epoch (the paper estimates success rates from
-the prompt's past rewards); ``"cumulative"`` -- the tracker's mean over every rollout so far. No prior: a
-prompt with no record gets the uniform share of the step (no estimate yet: the homogeneous allocation the paper
-compares against), the others split the rest. An estimate of exactly 0 (hopeless so far) or 1 (solved) has Value = 0 for every
-N, so those prompts get N_low and the spare budget goes to the hard-but-solvable ones. Only when every such prompt
-is at N_up is the remainder (worth nothing to the objective either way) spread over the value-0 prompts, unsolved
-ones first, evenly -- the direction of the paper's fallback strategy (spare exploration budget to unsolved prompts),
-applied only where the objective is indifferent (a fallback that diverts budget from solvable prompts below their
-cap is not implemented).
-
-Ties (equal increments) are broken by a fixed rule: positive value first, then unsolved before solved, then the
-smaller current budget, then batch order. Invariants as for every policy: sum == total, N_low <= N_i <= N_up.
+Value is concave in N, so taking the N_total - B N_low largest increments is exact (``allocate_knapsack``). p_i is
+the mean reward (clipped to [0, 1]) of the prompt's last group (``estimator = "last"``) or of all its rollouts so
+far (``"cumulative"``); a prompt without a record keeps the uniform share. The exactness argument, the handling of
+value-0 prompts and the measured cost: docs/allocation.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from e3.allocation.allocator import check_budget, uniform_rollouts
-from e3.allocation.policy import AllocationPolicy, check_pass_rates, register_policy
+from e3.allocation.policy import AllocationPolicy, check_budget, check_pass_rates
+from e3.allocation.uniform import uniform_rollouts
 
 ESTIMATORS = ("last", "cumulative")
 
@@ -53,21 +31,12 @@ def info_gain(p) -> np.ndarray:
     return p * (1.0 - p) ** 2
 
 
-def knapsack_value(n, p) -> np.ndarray:
-    """Value(N, p) = (1 - p^N - (1 - p)^N) p (1 - p)^2, elementwise."""
-    n = np.asarray(n, dtype=np.float64)
-    p = check_pass_rates(p)
-    return (1.0 - p ** n - (1.0 - p) ** n) * p * (1.0 - p) ** 2
-
-
-def value_table(p, n_min: int, n_max: int) -> np.ndarray:
-    """values[i, k] = Value(n_min + k, p_i)."""
-    ns = np.arange(n_min, n_max + 1)
-    return knapsack_value(ns[None, :], np.asarray(p, dtype=np.float64).ravel()[:, None])
-
-
 def allocate_knapsack(p, total: int, n_min: int, n_max: int) -> np.ndarray:
-    """Exact argmax of sum_i Value(n_i, p_i) s.t. sum n_i = total, n_min <= n_i <= n_max (ties as documented)."""
+    """Exact argmax of sum_i Value(n_i, p_i) s.t. sum n_i = total, n_min <= n_i <= n_max.
+
+    Equal increments go first to prompts of positive value, then to unsolved (p = 0) before solved (p = 1) ones,
+    then to the smaller current budget, then in batch order.
+    """
     p = check_pass_rates(p).ravel()
     total, n_min, n_max = int(total), int(n_min), int(n_max)
     check_budget(p.size, total, n_min, n_max)
@@ -162,5 +131,3 @@ class KnapsackPolicy(AllocationPolicy):
     def metrics(self) -> dict:
         return dict(self._stats)
 
-
-register_policy("knapsack", KnapsackPolicy)

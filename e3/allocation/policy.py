@@ -1,14 +1,17 @@
 """Allocation policies: the plug-in point that turns prompt records into per-prompt rollout budgets n_i.
 
 A policy answers one question per step: given the B prompts of the batch, a total of N rollouts and the bounds
-[n_min, n_max] of the epoch schedule (E3 section 3.1), how many rollouts does each prompt get? Which prompts, how
-many rollouts in total and the bounds are the engine's and the schedule's business; the policy only splits.
+[n_min, n_max] of the epoch schedule (E3, Liao et al. 2025, arXiv 2505.18573, section 3.1), how many rollouts does
+each prompt get? Which prompts, how many rollouts in total and the bounds are the engine's and the schedule's
+business; the policy only splits. This module holds the contract and the checks every policy shares; it imports
+no policy (the built-ins are named in ``e3.allocation.registry``).
 
 Contract of a policy (subclass ``AllocationPolicy``):
 
-- ``__init__(self, tracker, seed=0)``: ``tracker`` is the run's ``e3.allocation.DifficultyTracker`` (read it, do
-  not write it): per prompt index the cumulative reward sum and rollout count (``accuracy``, ``counts``) and the
-  epoch-end difficulty ``k_i = rank_i / |D|`` (``difficulty``). ``seed`` is ``e3.allocation.seed``.
+- ``__init__(self, tracker, seed=0)``: ``tracker`` is the run's ``e3.allocation.allocator.DifficultyTracker``
+  (read it, do not write it): per prompt index the cumulative reward sum and rollout count (``accuracy``,
+  ``counts``) and the epoch-end difficulty ``k_i = rank_i / |D|`` (``difficulty``). ``seed`` is
+  ``e3.allocation.seed``.
 - ``allocate(indices, total, n_min, n_max) -> n``: ``indices`` are the batch's prompt indices (dataset row
   ``index``, int64, in batch order); return one integer budget per prompt with ``sum(n) == total`` and
   ``n_min <= n_i <= n_max``. The framework has already checked that such an allocation exists
@@ -22,21 +25,20 @@ Contract of a policy (subclass ``AllocationPolicy``):
   next decisions identical to those of an uninterrupted run.
 - ``metrics()``: scalars logged every step under ``allocation/<key>``.
 
-Selection (``e3.allocation.policy``): a registered name (``e3``, ``uniform``, ``informative``, ``knapsack``, or
-any name given to ``register_policy``), or ``module.path:Attribute`` naming a subclass (imported on use, so a
-user's module on ``sys.path`` needs no change to this project). A plain function
-``f(tracker, indices, total, n_min, n_max) -> n`` is accepted too and wrapped as a stateless policy.
+Selection (``e3.allocation.policy``) is ``e3.allocation.registry``'s: a registered name or ``module.path:Class``.
+A plain function ``f(tracker, indices, total, n_min, n_max) -> n`` is accepted too and wrapped as a stateless
+``FunctionPolicy``.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import numpy as np
 
 CONFIG_KEY = "e3.allocation.policy"
-_BUILTIN_MODULES = ("e3.allocation.allocator", "e3.allocation.informative", "e3.allocation.knapsack")
+MIN_GROUP = 2
+"""The smallest group a budget may give a prompt: a group of one rollout has no GRPO baseline."""
 
 
 class AllocationPolicy:
@@ -74,67 +76,16 @@ class FunctionPolicy(AllocationPolicy):
         return type(self).fn(self.tracker, indices, total, n_min, n_max)
 
 
-_REGISTRY: dict[str, type] = {}
-
-
-def register_policy(name: str, policy=None):
-    """Make ``policy`` (an ``AllocationPolicy`` subclass or a function) selectable as ``e3.allocation.policy=name``.
-
-    Usable as a call, ``register_policy("mine", MyPolicy)``, or as a class decorator, ``@register_policy("mine")``.
-    Returns the policy unchanged.
-    """
-    if not isinstance(name, str) or not name.strip() or ":" in name:
-        raise ValueError(f"policy name must be a non-empty string without ':', got {name!r}")
-
-    def add(obj):
-        _REGISTRY[name] = _as_policy_class(obj, name)
-        return obj
-
-    return add if policy is None else add(policy)
-
-
-def registered_policies() -> list[str]:
-    """Names selectable without a module path (the project's and those given to ``register_policy``)."""
-    _import_builtins()
-    return list(_REGISTRY)
-
-
-def resolve_policy(spec: str) -> type:
-    """The policy class that ``e3.allocation.policy=spec`` selects; ``ValueError`` naming the key otherwise."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"{CONFIG_KEY} must be a non-empty string (a registered name or 'module:Class'), "
-                         f"got {spec!r}")
-    spec = spec.strip()
-    _import_builtins()
-    if ":" not in spec:
-        if spec not in _REGISTRY:
-            raise ValueError(f"{CONFIG_KEY}={spec!r}: unknown allocation policy {spec!r} (registered: "
-                             f"{', '.join(_REGISTRY)}; or give 'module.path:ClassName')")
-        return _REGISTRY[spec]
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{CONFIG_KEY}={spec!r}: expected 'module.path:ClassName'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 - any import failure of a user's module is reported the same way
-        raise ValueError(f"{CONFIG_KEY}={spec!r}: cannot import module {module_name!r}: "
-                         f"{type(err).__name__}: {err}") from err
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{CONFIG_KEY}={spec!r}: module {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return _as_policy_class(obj, spec)
-
-
-def build_policy(spec: str, tracker, seed: int = 0) -> AllocationPolicy:
-    """Resolve ``spec`` and construct the policy on ``tracker``."""
-    cls = resolve_policy(spec)
-    try:
-        return cls(tracker, seed=seed)
-    except Exception as err:
-        raise ValueError(f"{CONFIG_KEY}={spec!r}: constructing {cls.__name__}(tracker, seed={seed}) failed: "
-                         f"{type(err).__name__}: {err}") from err
+def check_budget(size: int, total: int, n_min: int, n_max: int) -> None:
+    """Refuse (``ValueError`` with the numbers) bounds or a total that no allocation of ``size`` prompts can meet."""
+    if n_min < MIN_GROUP:
+        raise ValueError(f"n_min={n_min} < {MIN_GROUP}: a group of one rollout has no GRPO baseline")
+    if n_max < n_min:
+        raise ValueError(f"n_max={n_max} < n_min={n_min}")
+    if total < size * n_min:
+        raise ValueError(f"total={total} < {size} prompts x n_min={n_min} = {size * n_min}: budget cannot be met")
+    if total > size * n_max:
+        raise ValueError(f"total={total} > {size} prompts x n_max={n_max} = {size * n_max}: budget cannot be spent")
 
 
 def check_allocation(out, policy: str, size: int, total: int, n_min: int, n_max: int) -> np.ndarray:
@@ -157,24 +108,6 @@ def check_allocation(out, policy: str, size: int, total: int, n_min: int, n_max:
         raise ValueError(f"{where} gave prompt {i} of the batch {int(n[i])} rollouts, outside the step's bounds "
                          f"[n_min, n_max] = [{n_min}, {n_max}] ({bad.size} prompt(s) out of bounds)")
     return n
-
-
-def _as_policy_class(obj, spec: str) -> type:
-    if isinstance(obj, type):
-        if issubclass(obj, AllocationPolicy):
-            return obj
-        raise ValueError(f"{CONFIG_KEY}={spec!r}: {obj.__name__} is not a subclass of "
-                         "e3.allocation.policy.AllocationPolicy")
-    if callable(obj):
-        return type(f"FunctionPolicy_{getattr(obj, '__name__', 'fn')}", (FunctionPolicy,),
-                    {"fn": staticmethod(obj), "__doc__": getattr(obj, "__doc__", None)})
-    raise ValueError(f"{CONFIG_KEY}={spec!r}: {obj!r} is neither an AllocationPolicy subclass nor a function")
-
-
-def _import_builtins() -> None:
-    """The project's policies register themselves when their modules are imported."""
-    for name in _BUILTIN_MODULES:
-        importlib.import_module(name)
 
 
 def check_pass_rates(p) -> np.ndarray:

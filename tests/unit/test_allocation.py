@@ -7,13 +7,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from e3.allocation.allocator import (
-    DifficultyTracker,
-    RolloutAllocator,
-    RolloutSchedule,
-    allocate_rollouts,
-    uniform_rollouts,
-)
+from e3.allocation.allocator import DifficultyTracker, RolloutAllocator, RolloutSchedule
+from e3.allocation.e3 import allocate_rollouts
+from e3.allocation.uniform import uniform_rollouts
 from e3.schema import E3Config
 
 

@@ -1,5 +1,6 @@
 """The "informative" allocation policy: exact optimum (vs brute force), E3's invariants, registration, ties."""
 
+import heapq
 import itertools
 
 import numpy as np
@@ -8,17 +9,17 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from e3.allocation.allocator import RolloutAllocator
-from e3.allocation.policy import registered_policies
 from e3.allocation.informative import (
     allocate_for_pass_rates,
     allocate_informative,
     allocate_max_separable,
     expected_informative,
-    greedy_allocation,
     informative_fraction,
     pass_rate_table,
     posterior_table,
 )
+from e3.allocation.policy import check_budget
+from e3.allocation.registry import registered_policies
 from e3.schema import E3Config
 
 
@@ -32,6 +33,23 @@ def brute_force(values, total, n_min, n_max):
 
 def objective(values, n, n_min):
     return float(values[np.arange(len(n)), np.asarray(n) - n_min].sum())
+
+
+def greedy_allocation(values, total, n_min, n_max):
+    """Heap greedy on marginal gains from n_min (exact only for tables with non-increasing increments)."""
+    values = np.asarray(values, dtype=np.float64)
+    size = values.shape[0]
+    check_budget(size, total, n_min, n_max)
+    n = np.full(size, n_min, dtype=np.int64)
+    heap = [(-(values[i, 1] - values[i, 0]), i) for i in range(size) if n_max > n_min]
+    heapq.heapify(heap)
+    for _ in range(int(total) - size * n_min):
+        _, i = heapq.heappop(heap)
+        n[i] += 1
+        k = n[i] - n_min
+        if n[i] < n_max:
+            heapq.heappush(heap, (-(values[i, k + 1] - values[i, k]), i))
+    return n
 
 
 @st.composite

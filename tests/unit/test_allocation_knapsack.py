@@ -10,8 +10,21 @@ from hypothesis import strategies as st
 
 from e3.allocation.allocator import DifficultyTracker, RolloutAllocator
 from e3.allocation.informative import allocate_max_separable
-from e3.allocation.knapsack import KnapsackPolicy, allocate_knapsack, info_gain, knapsack_value, value_table
+from e3.allocation.knapsack import KnapsackPolicy, allocate_knapsack, info_gain
 from roundtrip import torch_roundtrip  # noqa: E402  (tests/ on sys.path, as in test_allocation.py)
+
+
+def knapsack_value(n, p):
+    """The paper's Value(N, p) = (1 - p^N - (1 - p)^N) p (1 - p)^2, elementwise: what the solver must maximise."""
+    n = np.asarray(n, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    return (1.0 - p ** n - (1.0 - p) ** n) * p * (1.0 - p) ** 2
+
+
+def value_table(p, n_min, n_max):
+    """values[i, k] = Value(n_min + k, p_i), the table the general DP takes."""
+    ns = np.arange(n_min, n_max + 1)
+    return knapsack_value(ns[None, :], np.asarray(p, dtype=np.float64).ravel()[:, None])
 
 
 def objective(p, n):

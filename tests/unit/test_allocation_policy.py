@@ -1,15 +1,22 @@
-"""The allocation-policy plug-in point: selection by name or module path, checked answers, state for resume."""
+"""The allocation-policy plug-in point: the registry and import graph, selection by name or module path, checked
+answers, state for resume."""
 
 import json
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from e3.allocation.allocator import RolloutAllocator
-from e3.allocation.policy import (AllocationPolicy, build_policy, check_allocation, register_policy,
-                                  registered_policies, resolve_policy)
+from e3.allocation.e3 import E3Policy
+from e3.allocation.informative import InformativePolicy
+from e3.allocation.knapsack import KnapsackPolicy
+from e3.allocation.policy import AllocationPolicy, check_allocation
+from e3.allocation.registry import build_policy, register_policy, registered_policies, resolve_policy
+from e3.allocation.uniform import UniformPolicy
 from e3.schema import E3Config
 from e3.controller import E3Controller
 
@@ -88,10 +95,32 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop("my_policies", None)
 
 
-def test_project_policies_are_registered():
-    assert {"e3", "uniform", "informative", "knapsack"} <= set(registered_policies())
-    for name in ("e3", "uniform", "informative", "knapsack"):
-        assert issubclass(resolve_policy(name), AllocationPolicy)
+def test_the_registry_holds_the_four_built_in_policies_by_name():
+    assert registered_policies()[:4] == ["e3", "uniform", "informative", "knapsack"]
+    assert {name: resolve_policy(name) for name in registered_policies()[:4]} == {
+        "e3": E3Policy, "uniform": UniformPolicy, "informative": InformativePolicy, "knapsack": KnapsackPolicy}
+
+
+def _allocation_modules_after(statement):
+    """The ``e3.allocation`` modules a fresh interpreter holds after running ``statement``."""
+    code = (f"import json, sys; {statement}; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('e3.allocation'))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout))
+
+
+def test_the_base_module_imports_no_policy_and_no_policy_imports_the_registry():
+    assert _allocation_modules_after("import e3.allocation.policy") == {"e3.allocation", "e3.allocation.policy"}
+    for name in ("uniform", "e3", "informative", "knapsack"):
+        loaded = _allocation_modules_after(f"import e3.allocation.{name}")
+        assert not loaded & {"e3.allocation.registry", "e3.allocation.allocator"}, (name, loaded)
+        if name != "e3":
+            assert "e3.allocation.e3" not in loaded, (name, loaded)
+    # the check sees what an import loads: the registry's explicit table pulls in every built-in policy
+    assert _allocation_modules_after("import e3.allocation.registry") >= {
+        f"e3.allocation.{name}" for name in ("policy", "uniform", "e3", "informative", "knapsack")}
 
 
 def test_user_module_policy_selected_by_config(user_module):

@@ -60,7 +60,7 @@ import transfer_queue as tq
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-from e3.allocation.policy import resolve_policy
+from e3.allocation.registry import resolve_policy
 from e3.schema import E3Config
 from e3.controller import E3Controller
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
