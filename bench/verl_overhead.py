@@ -50,7 +50,8 @@ def run_one(name: str, run_dir: Path, steps: int) -> Path:
     """One training run of ``steps`` steps; returns its run folder (metrics.jsonl inside)."""
     import ray
 
-    from e3.main_train import compose, prepare_cpu, run
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import prepare_cpu, run
 
     if name == "e3":
         run(compose("verl_cpu_tiny", overrides(run_dir, steps)))

@@ -4,7 +4,7 @@
 # NAME is a local-engine config shipped in the package (e3/config/local/NAME.yaml: default, grpo, ts, ts_an, dr, e3,
 # prepo, e3_prepo), a verl config shipped in the package (e3/config/NAME.yaml, e.g. e3_r1_1.5b, verl_cpu_tiny,
 # verl_cpu_grpo), or the path of a YAML file: a local-engine overlay (configs/local/grpo.yaml, your own) or a verl
-# overlay (its defaults list starts from verl's ppo_trainer; e3.main_train.engine_of tells them apart).
+# overlay (its defaults list starts from verl's ppo_trainer; e3.engines.verl.configs.engine_of tells them apart).
 # verl configs need GPUs, here or on the Ray cluster they join (+ray_kwargs.ray_init.address=HEAD:PORT, or
 # RAY_ADDRESS as `ray job submit` sets it), except verl_cpu_* (verl on the CPU).
 # --run-dir DIR / --resume: the run's folder, continued from its last checkpoint; for verl configs
@@ -44,7 +44,7 @@ elif [ -f "e3/config/$config.yaml" ]; then
     exit 2
   fi
 elif [ -f "$config" ] && [[ "$config" == *.y*ml ]]; then
-  engine="$(python -c 'import sys; from e3.main_train import engine_of; print(engine_of(sys.argv[1]))' "$config")"
+  engine="$(python -c 'import sys; from e3.engines.verl.configs import engine_of; print(engine_of(sys.argv[1]))' "$config")"
 else
   echo "error: unknown config '$config': not e3/config/local/$config.yaml nor e3/config/$config.yaml nor a YAML file" >&2
   echo "       local: $(ls e3/config/local 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ')" >&2

@@ -3,7 +3,7 @@
 - A driver without a GPU joins a Ray cluster that has GPUs (``+ray_kwargs.ray_init.address=...`` or
   ``RAY_ADDRESS``, as ``ray job submit`` sets it) and starts; a cluster without GPUs stops it with a plain message.
   The cluster is a real one (``ray start --head`` in its own temporary folder, a *logical* GPU), the driver runs
-  ``e3.main_train.run`` and verl's own ``run_ppo`` connects to it.
+  ``e3.engines.verl.launch.run`` and verl's own ``run_ppo`` connects to it.
 
 What these tests cannot see: real GPUs and a verl training run on them. The driver's task runner is a stand-in
 that records the cluster it ran on (``E3TaskRunner`` would now build FSDP workers and vLLM on the GPUs).
@@ -106,8 +106,8 @@ def ray_head(num_gpus: int):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-# The driver: e3.main_train.run on the shipped GPU config, the task runner swapped for a stand-in that writes where
-# it ran. Once with the address in the config, once (fresh connection) with RAY_ADDRESS only.
+# The driver: e3.engines.verl.launch.run on the shipped GPU config, the task runner swapped for a stand-in that writes
+# where it ran. Once with the address in the config, once (fresh connection) with RAY_ADDRESS only.
 DRIVER = textwrap.dedent("""
     import json, os, sys
     import ray
@@ -123,7 +123,8 @@ DRIVER = textwrap.dedent("""
                                      "node": ray.get_runtime_context().get_node_id()}) + "\\n")
 
     runner_module.E3TaskRunner = StandInRunner
-    from e3.main_train import compose, run
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import run
 
     for how in ("config", "env"):
         if how == "config":
@@ -162,7 +163,7 @@ def test_a_driver_without_gpu_starts_on_a_cluster_with_gpus(tmp_path):
 
 @pytest.mark.slow
 def test_a_cluster_without_gpus_is_refused_before_the_task_runner(tmp_path):
-    from e3.main_train import NO_CLUSTER_GPU_MESSAGE
+    from e3.engines.verl.launch import NO_CLUSTER_GPU_MESSAGE
 
     if has_gpu():
         pytest.skip("a GPU is present here: this checks a driver without one")
@@ -222,7 +223,7 @@ def test_a_verl_overlay_file_runs_verl_with_run_dir_and_resume_as_verl_keys(tmp_
     assert f"default_local_dir: {run}/checkpoints" in out and "resume_mode: auto" in out
     assert "no verl checkpoint" in out  # --resume of a fresh folder says it starts at step 0
 
-    from e3.main_train import compose
+    from e3.engines.verl.configs import compose
 
     cfg = compose(str(overlay))  # the library composes the same file
     assert cfg.trainer.experiment_name == "my_overlay" and cfg.data.train_batch_size == 64
@@ -246,7 +247,8 @@ def test_run_dir_of_verl_cpu_tiny_is_its_run_folder(tmp_path):
 
 def test_run_dir_refusals_are_one_line(tmp_path):
     """The mapping itself (``e3.main_train.hydra_argv``, what ``python -m e3.main_train`` runs first)."""
-    from e3.main_train import ConfigError, engine_of, hydra_argv
+    from e3.engines.verl.configs import ConfigError, engine_of
+    from e3.main_train import hydra_argv
 
     run = tmp_path / "run"
     (run / "checkpoints" / "global_step_4").mkdir(parents=True)

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from e3.schema import E3Config
-from e3.main_train import CONFIG_DIR
+from e3.engines.verl.configs import CONFIG_DIR
 
 PAPER = ["e3_r1_1.5b", "e3_r1_7b"]
 ONE_GPU = ["e3_r1_1.5b_1gpu"]
@@ -230,7 +230,7 @@ def test_settings_the_adapter_cannot_honour_are_refused_by_the_preflight(case):
     import shutil
 
     from e3.engines.verl.trainer import E3Trainer
-    from e3.main_train import preflight
+    from e3.engines.verl.launch import preflight
 
     if case == "hdfs_without_client":
         if shutil.which("hdfs"):

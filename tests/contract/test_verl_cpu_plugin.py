@@ -129,7 +129,7 @@ def test_weight_name_check_covers_missing_unexpected_misshaped_and_tied():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from e3.engines.verl.cpu.hf_rollout import HFServer
-    from e3.main_train import compose
+    from e3.engines.verl.configs import compose
 
     root = tmp_path_factory.mktemp("hf_server")
     build_tiny_model(root / "model")
@@ -228,7 +228,7 @@ def test_verl_builds_the_polling_replay_buffer_from_the_cpu_config():
     """verl's trainer builds the configured custom sampler; settings verl would not pass it are refused."""
     from e3.engines.verl.cpu.sampler import PollingReplayBuffer, check_config
     from e3.engines.verl.trainer import E3Trainer
-    from e3.main_train import compose
+    from e3.engines.verl.configs import compose
 
     config = compose("verl_cpu_tiny")
     check_config(config)
@@ -242,7 +242,7 @@ def test_verl_builds_the_polling_replay_buffer_from_the_cpu_config():
 def test_the_cpu_config_composes_and_passes_the_checks_before_workers_start():
     """``verl_cpu_tiny`` composed on verl's ppo_trainer: our refusals and verl's own ``validate_config`` accept it."""
     from e3.engines.verl.trainer import check_supported, e3_config_from
-    from e3.main_train import compose
+    from e3.engines.verl.configs import compose
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
@@ -263,7 +263,8 @@ def test_the_stock_grpo_config_is_verl_with_the_plugin_settings_and_nothing_of_e
 
     from e3.engines.verl.cpu import check_supported
     from e3.engines.verl.cpu.sampler import check_config
-    from e3.main_train import check_required, check_trainer_mode, compose
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import check_required, check_trainer_mode
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
@@ -310,14 +311,15 @@ def test_what_the_plugin_cannot_run_is_refused_naming_the_key(override, key):
     import re
 
     from e3.engines.verl.cpu import check_supported
-    from e3.main_train import compose
+    from e3.engines.verl.configs import compose
 
     with pytest.raises(ValueError, match=re.escape(key)):
         check_supported(compose("verl_cpu_grpo", USER + [override]))
 
 
 def test_trainers_e3_main_train_does_not_run_are_refused_naming_the_key():
-    from e3.main_train import ConfigError, check_trainer_mode, compose
+    from e3.engines.verl.configs import ConfigError, compose
+    from e3.engines.verl.launch import check_trainer_mode
 
     with pytest.raises(ConfigError, match=r"trainer\.use_v1=false"):
         check_trainer_mode(compose("verl_cpu_grpo", USER + ["trainer.use_v1=false"]))

@@ -23,7 +23,7 @@ RUNNER = textwrap.dedent("""
     import transfer_queue as tq
     from hydra import compose, initialize_config_dir
     from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY, PPOTrainer
-    from e3.main_train import CONFIG_DIR
+    from e3.engines.verl.configs import CONFIG_DIR
 
     assert "e3" not in TRAINER_REGISTRY, sorted(TRAINER_REGISTRY)
     tq.init = lambda conf=None: None   # no TransferQueue / Ray needed to resolve and construct the trainer
@@ -71,7 +71,7 @@ def test_task_runner_registers_and_resolves_the_e3_trainer(fresh_process):
 def test_main_train_without_gpu_says_so_plainly(fresh_process):
     import torch
 
-    from e3.main_train import NO_GPU_MESSAGE
+    from e3.engines.verl.launch import NO_GPU_MESSAGE
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: this checks the CPU-only refusal")
@@ -85,7 +85,8 @@ def test_verl_still_defaults_to_flash_attention_2():
     ``override_config.attn_implementation`` names another, and verl's ppo_trainer leaves ``override_config`` empty."""
     import inspect
 
-    from e3.main_train import FLASH_ATTENTION, compose
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import FLASH_ATTENTION
     from verl.workers.config.model import HFModelConfig
 
     assert f'self.override_config.get("attn_implementation", "{FLASH_ATTENTION}")' in \
@@ -95,7 +96,7 @@ def test_verl_still_defaults_to_flash_attention_2():
 
 @pytest.fixture
 def no_flash_attn():
-    from e3.main_train import flash_attn_error
+    from e3.engines.verl.launch import flash_attn_error
 
     if flash_attn_error() is None:
         pytest.skip("flash_attn imports here: this checks the driver without it")
@@ -105,7 +106,8 @@ CLUSTER = "+ray_kwargs.ray_init.address=10.1.2.3:6379"  # a cluster to join: the
 
 
 def test_preflight_falls_back_to_sdpa_without_flash_attn_and_says_so(no_flash_attn, capsys):
-    from e3.main_train import compose, preflight
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import preflight
 
     cfg = compose("e3_r1_1.5b", [CLUSTER])
     preflight(cfg)
@@ -118,7 +120,8 @@ def test_preflight_falls_back_to_sdpa_without_flash_attn_and_says_so(no_flash_at
 
 @pytest.mark.parametrize("chosen", ["eager", "flash_attention_2"])
 def test_an_attention_the_user_sets_is_left_alone(no_flash_attn, capsys, chosen):
-    from e3.main_train import compose, preflight
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import preflight
 
     cfg = compose("e3_r1_1.5b", [CLUSTER, f"+actor_rollout_ref.model.override_config.attn_implementation={chosen}"])
     preflight(cfg)

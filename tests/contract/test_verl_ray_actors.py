@@ -53,7 +53,7 @@ def workdir(tmp_path_factory):
 def compose(workdir, *extra):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from e3.main_train import CONFIG_DIR
+    from e3.engines.verl.configs import CONFIG_DIR
 
     overrides = [
         f"actor_rollout_ref.model.path={workdir / 'model'}",

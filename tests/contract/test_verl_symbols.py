@@ -153,7 +153,8 @@ def test_harness_symbols():
 
 
 @pytest.mark.parametrize("module", ["e3.engines.verl.trainer", "e3.engines.verl.rollout", "e3.engines.verl.runner",
-                                    "e3.engines.verl.rollouts", "e3.main_train"])
+                                    "e3.engines.verl.rollouts", "e3.engines.verl.configs",
+                                    "e3.engines.verl.launch", "e3.main_train"])
 def test_adapter_modules_import(module):
     import importlib
 

@@ -320,7 +320,7 @@ def compose(workdir: Path, *extra: str, batch: int = 4, n: int = 4):
     ``extra`` overrides come last."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from e3.main_train import CONFIG_DIR
+    from e3.engines.verl.configs import CONFIG_DIR
 
     overrides = [
         f"actor_rollout_ref.model.path={workdir / 'model'}",

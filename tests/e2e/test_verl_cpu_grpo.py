@@ -33,7 +33,7 @@ B, N, STEPS = 4, 4, 3  # verl_cpu_grpo's batch and rollout.n; steps of this run
 
 ASSETS = """
 import json, sys
-from e3.main_train import compose
+from e3.engines.verl.configs import compose
 from e3.engines.verl.cpu.tiny import prepare_run
 config = compose("verl_cpu_tiny", ["cpu_tiny.train_size=16", f"cpu_tiny.run_dir={sys.argv[1]}"])
 prepare_run(config)  # the tiny model and parquet, built once and cached (as verl_cpu_runs.py uses them)

@@ -34,7 +34,8 @@ def validation(run_dir: Path) -> list[str]:
 def main(root: Path) -> None:
     import ray
 
-    from e3.main_train import compose, run
+    from e3.engines.verl.configs import compose
+    from e3.engines.verl.launch import run
 
     config = compose("verl_cpu_tiny", overrides(root / "a", *validation(root / "a")))
     run(config)

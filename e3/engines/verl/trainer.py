@@ -38,7 +38,7 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   the controller state too.
 
 The constructor first checks the verl internals all of this relies on (``e3.engines.verl.internals``). Refused in
-``check_supported`` (called by ``e3.main_train``'s preflight and by the constructor, before any worker): e3 keys
+``check_supported`` (called by ``launch.preflight`` and by the constructor, before any worker): e3 keys
 that contradict the verl key they follow (``VERL_SOURCES``),
 ``trainer.v1.sync.parameter_sync_step`` != 1, ``rollout_correction.bypass_mode`` with the scheduler or the PREPO
 weights, an ``hdfs://`` ``default_hdfs_dir`` without an ``hdfs`` client, estimators other than GRPO, ``rollout.n``
