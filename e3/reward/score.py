@@ -6,7 +6,7 @@ The verdict of the reward (``e3.reward.compute_score``): ``math_verify.verify(go
   last): its last ``\\boxed{}`` first (``boxed_priority=0``), else its other LaTeX / expression / "final answer is"
   patterns, rightmost first. Like math-verify, several ``\\boxed{}`` in one formula or paragraph are read together
   as a set of answers (``\\boxed{1}, \\boxed{2}`` = {1, 2}), so a response that boxes 3 and then 4 in one paragraph
-  scores 0 against 4; the option ``last_boxed_only`` parses only :func:`last_boxed` instead (then multi-answer
+  scores 0 against 4; the option ``last_boxed`` parses only :func:`last_boxed` instead (then multi-answer
   responses score 0);
 - ``gold`` is the ground truth parsed the same way; a bare ground truth (no ``\\boxed``, unescaped ``$``, ``\\(``
   or ``\\[``) is wrapped in ``\\boxed{}`` first (:func:`gold_text`). Several ground truths: any one verifying wins;
@@ -19,7 +19,9 @@ called with ``parsing_timeout=None, timeout_seconds=None`` and the caller bounds
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
 
 MAX_RESPONSE_CHARS = 20_000
 EXTRACTIONS = ("latex", "expr")
@@ -33,11 +35,11 @@ _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\\(?:boxed|fbox)[ \t]+([^\s$]+)
 def last_boxed(text: str) -> str | None:
     """The content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed x`` of ``text``, stripped.
 
-    One parser for gold answers of MATH solutions and for ``last_boxed_only`` responses. Rules: braces are matched,
-    escaped braces ``\\{ \\}`` are not braces; "last" is the box that closes last, so of nested boxes the outermost
-    (``\\boxed{\\boxed{5}}`` gives ``\\boxed{5}``); a box never closed (a response cut at the length limit) is
-    skipped in favour of the last complete one before it; ``\\boxed 2`` (MATH's brace-less form) is the token up to
-    white space or ``$``; ``\\fbox`` counts as ``\\boxed``. None when there is no complete box.
+    One parser for gold answers of MATH solutions and for the responses of the option ``last_boxed``. Rules: braces
+    are matched, escaped braces ``\\{ \\}`` are not braces; "last" is the box that closes last, so of nested boxes
+    the outermost (``\\boxed{\\boxed{5}}`` gives ``\\boxed{5}``); a box never closed (a response cut at the length
+    limit) is skipped in favour of the last complete one before it; ``\\boxed 2`` (MATH's brace-less form) is the
+    token up to white space or ``$``; ``\\fbox`` counts as ``\\boxed``. None when there is no complete box.
     """
     stack: list[int] = []  # content start of each open box, -1 for a plain brace
     best: tuple[int, int] | None = None
@@ -86,46 +88,72 @@ def as_golds(ground_truth) -> list[str]:
     return [as_text(ground_truth)]
 
 
-def options(extraction=EXTRACTIONS, boxed_priority=0, float_rounding=6, strict=True, allow_set_relation_comp=False,
-            last_boxed_only=False) -> dict:
-    """math-verify's options, checked (``ValueError`` on a bad ``extraction``), as :func:`verify_texts` takes them."""
-    extraction = (extraction,) if isinstance(extraction, str) else tuple(extraction)
-    if not extraction or any(e not in EXTRACTIONS for e in extraction):
-        raise ValueError(f"e3.reward: extraction must be a non-empty subset of {EXTRACTIONS}, got {extraction!r}")
-    return {"extraction": extraction, "boxed_priority": int(boxed_priority), "float_rounding": int(float_rounding),
-            "strict": bool(strict), "allow_set_relation_comp": bool(allow_set_relation_comp),
-            "last_boxed_only": bool(last_boxed_only)}
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How a response is verified: math-verify's options and the last-box rule. Their names are the keyword arguments
+    of ``e3.reward.compute_score`` / ``score_batch``; a pool worker receives them with each task. A bad
+    ``extraction`` raises ``ValueError``."""
+
+    extraction: tuple[str, ...] = EXTRACTIONS
+    """What math-verify extracts, any of ``latex`` (its LatexExtractionConfig) and ``expr`` (ExprExtractionConfig);
+    a string is one of them."""
+    boxed_priority: int = 0
+    """LatexExtractionConfig's ``boxed_match_priority`` (0: ``\\boxed{}`` before the other patterns)."""
+    float_rounding: int = 6
+    """``verify``'s ``float_rounding``: decimals numbers are compared to."""
+    strict: bool = True
+    """``verify``'s ``strict`` (False: e.g. variables may differ in name)."""
+    allow_set_relation_comp: bool = False
+    """``verify``'s ``allow_set_relation_comp`` (a set may verify against a relation)."""
+    last_boxed: bool = False
+    """Parse only the last complete ``\\boxed{...}`` of the response (:func:`last_boxed`)."""
+
+    def __post_init__(self):
+        extraction = (self.extraction,) if isinstance(self.extraction, str) else tuple(self.extraction)
+        if not extraction or any(e not in EXTRACTIONS for e in extraction):
+            raise ValueError(f"e3.reward: extraction must be a non-empty subset of {EXTRACTIONS}, got {extraction!r}")
+        object.__setattr__(self, "extraction", extraction)
+        for f in dataclasses.fields(self):  # the others are ints and bools: made the type of their defaults
+            if f.name != "extraction":
+                object.__setattr__(self, f.name, type(f.default)(getattr(self, f.name)))
+
+    @classmethod
+    def among(cls, kwargs: dict) -> "VerifyOptions":
+        """The options among keyword arguments that carry others too (verl passes e.g. ``reward_router_address``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in kwargs.items() if k in names})
 
 
-def verify_texts(golds, pred: str, *, extraction=EXTRACTIONS, boxed_priority=0, float_rounding=6, strict=True,
-                 allow_set_relation_comp=False, last_boxed_only=False) -> tuple[bool, bool]:
+def verify_texts(golds, pred: str, opts: VerifyOptions | None = None) -> tuple[bool, bool]:
     """``(correct, gold_parsed)`` for raw gold texts and a response, in this process and with no time bound."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
+    opts = VerifyOptions() if opts is None else opts
     pred = pred[-MAX_RESPONSE_CHARS:]
-    if last_boxed_only and (box := last_boxed(pred)) is not None:
+    if opts.last_boxed and (box := last_boxed(pred)) is not None:
         pred = "\\boxed{" + box + "}"
 
-    make = {"latex": lambda: LatexExtractionConfig(boxed_match_priority=boxed_priority), "expr": ExprExtractionConfig}
-    cfg = [make[e]() for e in extraction]
+    make = {"latex": lambda: LatexExtractionConfig(boxed_match_priority=opts.boxed_priority),
+            "expr": ExprExtractionConfig}
+    cfg = [make[e]() for e in opts.extraction]
     pred_parsed, gold_parsed = None, False
     for g in golds:
-        gp = parse(gold_text(g, extraction), cfg, parsing_timeout=None)
+        gp = parse(gold_text(g, opts.extraction), cfg, parsing_timeout=None)
         if not gp:
             continue
         gold_parsed = True
         if pred_parsed is None:
             pred_parsed = parse(pred, cfg, parsing_timeout=None)
-        if verify(gp, pred_parsed, float_rounding=float_rounding, strict=strict,
-                  allow_set_relation_comp=allow_set_relation_comp, timeout_seconds=None):
+        if verify(gp, pred_parsed, float_rounding=opts.float_rounding, strict=opts.strict,
+                  allow_set_relation_comp=opts.allow_set_relation_comp, timeout_seconds=None):
             return True, True
     return False, gold_parsed
 
 
 def score_task(task: tuple) -> tuple[bool, bool]:
-    """What a pool worker runs: ``task = (golds, pred, options)`` -> ``(correct, gold_parsed)``."""
+    """What a pool worker runs: ``task = (golds, pred, VerifyOptions)`` -> ``(correct, gold_parsed)``."""
     golds, pred, opts = task
-    ok, gold_ok = verify_texts(golds, pred, **opts)
+    ok, gold_ok = verify_texts(golds, pred, opts)
     return bool(ok), bool(gold_ok)
 
 

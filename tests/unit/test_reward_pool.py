@@ -16,9 +16,10 @@ import pytest
 
 import e3.reward as reward
 import e3.reward.pool as reward_pool
+from e3.reward.score import VerifyOptions
 
 SLOW = "\\boxed{2^{2^{2^{2^{2^{2}}}}}}"
-TASK = ([str(5)], SLOW, reward._options(30.0))
+TASK = ([str(5)], SLOW, VerifyOptions())
 
 
 def _reaped(pid, wait=5.0):
@@ -52,7 +53,7 @@ def pool(request, monkeypatch):
         pytest.skip("no pidfd on this platform")
     monkeypatch.setattr(reward_pool, "USE_PIDFD", request.param)
     p = reward_pool.Pool(reward.TARGET, reward.WARM_UP, 0, max_workers=2)
-    assert p.run(([str(1)], "\\boxed{1}", reward._options(5.0)), 30.0) == ("ok", (True, True))
+    assert p.run(([str(1)], "\\boxed{1}", VerifyOptions()), 30.0) == ("ok", (True, True))
     yield p
     p.shutdown()
 
@@ -79,7 +80,7 @@ def test_timeouts_and_crashes_never_signal_a_pid_from_the_caller(pool, monkeypat
     t.join(30)
     assert out["r"] == ("crash", None)
     assert killed == []  # the pool itself never sent a signal by number
-    assert pool.run(([str(7)], "\\boxed{7}", reward._options(5.0)), 30.0) == ("ok", (True, True))
+    assert pool.run(([str(7)], "\\boxed{7}", VerifyOptions()), 30.0) == ("ok", (True, True))
 
 
 def test_crashed_worker_whose_pid_is_reused_is_not_killed(pool, monkeypatch):

@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from e3.schema import E3Config, _check, config_error
+from e3.schema import E3Config, Each, OneOf, Range, _check, check_config, checked, config_error
 from e3.tasks.chain import ChainLevel
 from e3.tasks.arithmetic import Level
 
@@ -118,88 +118,69 @@ class DataConfig:
     val_file: Optional[str] = None
     """Validation problems from this file instead of the generated val set."""
 
-    def validate(self) -> None:
-        pass
-
 
 @dataclass
 class ModelConfig:
     """Llama built from this config; 1.05M parameters at the defaults."""
 
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
+    hidden_size: int = checked(128, Range(ge=1))
+    num_layers: int = checked(4, Range(ge=1))
+    num_heads: int = checked(4, Range(ge=1))
+    intermediate_size: int = checked(512, Range(ge=1))
 
-    def validate(self) -> None:
-        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            _positive_int(self, "model", key)
-        _check(self.hidden_size % self.num_heads == 0, "model.hidden_size",
-               f"must be divisible by model.num_heads={self.num_heads}, got {self.hidden_size}")
+    def cross_checks(self) -> Iterator[tuple[str, str]]:
+        if self.hidden_size % self.num_heads:
+            yield "hidden_size", f"must be divisible by model.num_heads={self.num_heads}, got {self.hidden_size}"
 
 
 @dataclass
 class WarmStartConfig:
     """Supervised warm start on the demo pool, cached by a hash of its inputs."""
 
-    steps: int = 400
+    steps: int = checked(400, Range(ge=0))
     """Optimizer steps (0: no warm start)."""
-    batch_size: int = 256
-    lr: float = 2.0e-3
+    batch_size: int = checked(256, Range(ge=1))
+    lr: float = checked(2.0e-3, Range(gt=0))
     """Peak learning rate of AdamW, cosine down to ``min_lr`` after ``warmup_steps`` of linear warm-up."""
-    min_lr: float = 2.0e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    demo_error_rate: float = 0.25
+    min_lr: float = checked(2.0e-4, Range(ge=0))
+    warmup_steps: int = checked(20, Range(ge=0))
+    weight_decay: float = checked(0.0, Range(ge=0))
+    demo_error_rate: float = checked(0.25, Range(ge=0, lt=1))
     """Noisy demonstrator: this share of drawn demonstrations slips by -10/-1/+1/+10."""
-    prompt_loss: float = 0.0
+    prompt_loss: float = checked(0.0, Range(ge=0))
     """Weight of the prompt tokens' loss (answer tokens: 1); > 0 gives the policy a model of its prompts, which
     PREPO's perplexity reads, but even 0.1 slows the warm start ~1.5x."""
     cache_dir: Optional[str] = None
     """Where warm starts are cached (null: ~/.cache/e3/warm_start)."""
 
-    def validate(self) -> None:
-        _positive_int(self, "warm_start", "batch_size")
-        for key in ("steps", "warmup_steps"):
-            _check(getattr(self, key) >= 0, f"warm_start.{key}", f"must be >= 0, got {getattr(self, key)}")
-        _check(self.lr > 0, "warm_start.lr", f"must be > 0, got {self.lr}")
-        for key in ("min_lr", "weight_decay", "prompt_loss"):
-            _check(getattr(self, key) >= 0, f"warm_start.{key}", f"must be >= 0, got {getattr(self, key)}")
-        _check(0 <= self.demo_error_rate < 1, "warm_start.demo_error_rate",
-               f"must be a number in [0, 1), got {self.demo_error_rate}")
-
 
 @dataclass
 class RolloutConfig:
-    batch_size: int = 32
+    batch_size: int = checked(32, Range(ge=1))
     """Prompts per step (the PREPO window K when the curriculum is on)."""
-    n: int = 8
+    n: int = checked(8, Range(ge=2, why="a group of one has no GRPO baseline"))
     """Mean rollouts per prompt: sum of n_i = batch_size * n every step."""
-
-    def validate(self) -> None:
-        _positive_int(self, "rollout", "batch_size")
-        _check(self.n >= 2, "rollout.n", f"must be >= 2 (a group of one has no GRPO baseline), got {self.n}")
 
 
 @dataclass
 class TrainerConfig:
-    total_steps: int = 300
-    lr: float = 3.0e-5
+    total_steps: int = checked(300, Range(ge=1))
+    lr: float = checked(3.0e-5, Range(gt=0))
     """AdamW learning rate of the GRPO steps (on this task 3e-5 learns, 2e-4 collapses, 1e-4 was noise)."""
-    weight_decay: float = 0.0
-    clip_ratio: float = 0.2
+    weight_decay: float = checked(0.0, Range(ge=0))
+    clip_ratio: float = checked(0.2, Range(gt=0))
     """PPO ratio clip."""
-    ppo_epochs: int = 1
+    ppo_epochs: int = checked(1, Range(ge=1))
     """Passes over each step's rollouts (1 = on-policy single update)."""
-    mini_batches: int = 1
+    mini_batches: int = checked(1, Range(ge=1))
     """Optimizer steps per pass."""
-    grad_clip: float = 1.0
-    save_every: int = 50
+    grad_clip: float = checked(1.0, Range(gt=0))
+    save_every: int = checked(50, Range(ge=1))
     """Checkpoint period (steps); the last step is always saved."""
-    keep_checkpoints: int = 2
-    val_every: int = 100
+    keep_checkpoints: int = checked(2, Range(ge=1))
+    val_every: int = checked(100, Range(ge=1))
     """Validation period (steps); step 0 and the last step always validate."""
-    logger: list[str] = field(default_factory=list)
+    logger: list[str] = checked(default_factory=list, check=Each(OneOf(*LOGGERS)))
     """Experiment trackers, as verl's ``trainer.logger``: any of console (a line of scalars per step), tensorboard
     (``<run dir>/tensorboard``), wandb, mlflow (``e3/engines/local/tracking.py``). ``metrics.jsonl`` in the run
     directory is always written, and the progress bar shows without any."""
@@ -208,31 +189,17 @@ class TrainerConfig:
     experiment_name: Optional[str] = None
     """Run name in the trackers (null: the run directory's name)."""
 
-    def validate(self) -> None:
-        for key in ("total_steps", "ppo_epochs", "mini_batches", "save_every", "keep_checkpoints", "val_every"):
-            _positive_int(self, "trainer", key)
-        for key in ("lr", "clip_ratio", "grad_clip"):
-            _check(getattr(self, key) > 0, f"trainer.{key}", f"must be > 0, got {getattr(self, key)}")
-        _check(self.weight_decay >= 0, "trainer.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        for name in self.logger:
-            _check(name in LOGGERS, "trainer.logger", f"entries must be among {', '.join(LOGGERS)}, got {name!r}")
-
 
 @dataclass
 class ValConfig:
-    n_samples: int = 4
+    n_samples: int = checked(4, Range(ge=1))
     """Samples per validation problem at ``val.temperature`` (mean@n and its standard error)."""
-    temperature: float = 1.0
+    temperature: float = checked(1.0, Range(gt=0))
     greedy: bool = True
     """Also report greedy accuracy."""
-    pass_k: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    pass_k: list[int] = checked(default_factory=lambda: [1, 4, 16, 64], check=Each(Range(ge=1)))
     """Unbiased pass@k (Chen et al. 2021) for each k <= ``n_samples``, with its standard error over problems:
     ``val/pass@K``."""
-
-    def validate(self) -> None:
-        _positive_int(self, "val", "n_samples")
-        _check(all(k >= 1 for k in self.pass_k), "val.pass_k", f"must be integers >= 1, got {self.pass_k}")
-        _check(self.temperature > 0, "val.temperature", f"must be > 0, got {self.temperature}")
 
 
 @dataclass
@@ -240,10 +207,10 @@ class LocalConfig:
     """The local engine's config: `bash scripts/train.sh` with no arguments runs these defaults (~6 min on 2 cores,
     warm start included; ~3 min once the warm start is cached)."""
 
-    seed: int = 0
-    device: str = "auto"
+    seed: int = checked(0, Range(ge=0))
+    device: str = checked("auto", OneOf("auto", "cpu", "cuda"))
     """auto | cpu | cuda."""
-    threads: int = 1
+    threads: int = checked(1, Range(ge=1))
     """Torch CPU threads (a resumed run is bitwise identical at the same count); 1 is robust when other processes
     share the cores, where 2 threads can be several times slower."""
     run_root: str = "outputs/local"
@@ -260,28 +227,26 @@ class LocalConfig:
     e3: E3Config = field(default_factory=E3Config)
     """E3 / PREPO controllers (e3/schema.py); defaults = E3 paper, PREPO off."""
 
+    def cross_checks(self) -> Iterator[tuple[str, str]]:
+        batch, n, mb = self.rollout.batch_size, self.rollout.n, self.trainer.mini_batches
+        if batch * n % mb:
+            yield "trainer.mini_batches", f"must divide rollout.batch_size * rollout.n, got {mb}"
+        a = self.e3.allocation
+        if a.enable and not a.n_low <= n <= a.n_high:
+            yield "rollout.n", (f"must lie in [e3.allocation.n_low, e3.allocation.n_high] = [{a.n_low}, {a.n_high}], "
+                                f"got {n}")
+
     def validate(self) -> E3Config:
-        """Ranges of every key and the checks across sections; returns the validated ``E3Config``."""
-        _check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        _check(self.device in ("auto", "cpu", "cuda"), "device", f"must be auto, cpu or cuda, got {self.device!r}")
-        _positive_int(self, "", "threads")
-        for section in (self.task, self.data, self.model, self.warm_start, self.rollout, self.trainer, self.val):
-            section.validate()
+        """The declared checks of every key and the rules across keys (``check_config``), then the task section's;
+        returns the validated ``E3Config``."""
+        check_config(self)
+        self.task.validate()
         _check(self.task.kind == "arithmetic" or self.warm_start.demo_error_rate == 0, "warm_start.demo_error_rate",
                f"must be 0 with task.kind=chain (its demonstrator slips per step: task.chain.step_error_rate), "
                f"got {self.warm_start.demo_error_rate}")
         _check(self.task.kind == "arithmetic" or not (self.data.train_file or self.data.val_file), "data.train_file",
                "and data.val_file are for task.kind=arithmetic; the chain task is generated")
-        batch, n, mb = self.rollout.batch_size, self.rollout.n, self.trainer.mini_batches
-        _check(batch * n % mb == 0, "trainer.mini_batches", f"must divide rollout.batch_size * rollout.n, got {mb}")
-        try:
-            e3 = self.e3.validate()
-        except ValueError as err:
-            raise ValueError(f"invalid config: e3.{err}") from None
-        a = e3.allocation
-        _check(not a.enable or a.n_low <= n <= a.n_high, "rollout.n",
-               f"must lie in [e3.allocation.n_low, e3.allocation.n_high] = [{a.n_low}, {a.n_high}], got {n}")
-        return e3
+        return self.e3
 
 
 def _positive_int(section, prefix: str, key: str) -> None:
@@ -404,9 +369,9 @@ def validate(cfg: DictConfig) -> E3Config:
         return obj.validate()
     except OmegaConfBaseException as err:
         raise ConfigError(config_error(err)) from None
-    except ValueError as err:  # "invalid config: e3.<key> ..." from E3Config, "<key> must ..." from the rest
+    except ValueError as err:  # "config key <key> ..." from check_config, "<key> ..." from the task section's rules
         msg = str(err)
-        raise ConfigError(msg if msg.startswith("invalid config") else f"config key {msg}") from None
+        raise ConfigError(msg if msg.startswith("config key") else f"config key {msg}") from None
 
 
 def diff_keys(a: DictConfig, b: DictConfig, prefix: str = "") -> list[str]:

@@ -19,10 +19,9 @@ verl 0.9.1 splits a rollout backend in two (its vLLM backend does the same):
 
 Scope: one process per replica (tensor/data/pipeline parallel 1), text only, hybrid mode (the actor and the rollout
 share the worker's slot, as in verl's synchronous trainer). Anything else is refused with the config key to change.
-Options live in ``actor_rollout_ref.rollout.engine_kwargs.hf`` (next to verl's ``vllm`` / ``sglang`` sections):
-``max_batch`` (requests per ``generate`` call), ``batch_wait_ms`` (how long to gather concurrent requests),
-``threads`` (torch threads of the server), ``request_log`` (a JSONL file: one line per request with the weights
-version, prompt ids, the sampling parameters used and the tokens produced — an audit trail of what was sampled).
+Options live in ``actor_rollout_ref.rollout.engine_kwargs.hf`` (next to verl's ``vllm`` / ``sglang`` sections), typed
+and checked by ``HFOptions``: ``max_batch``, ``batch_wait_ms``, ``threads``, ``request_log`` (an audit trail of what
+was sampled).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import json
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -42,24 +42,40 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 
+from e3.schema import Range, build, checked
+
 
 BACKEND_NAME = "hf"
-DEFAULTS = {"max_batch": 256, "batch_wait_ms": 5.0, "threads": 0, "request_log": None}
+OPTIONS_KEY = f"actor_rollout_ref.rollout.engine_kwargs.{BACKEND_NAME}"
 
 
 class WeightSyncError(RuntimeError):
     """The weights sent to the rollout do not match its model one to one."""
 
 
-def backend_options(rollout_config) -> dict:
-    """``rollout.engine_kwargs.hf`` over the defaults; an unknown option is an error naming the key."""
+@dataclass
+class HFOptions:
+    """The backend's options, ``actor_rollout_ref.rollout.engine_kwargs.hf`` (an OmegaConf structured config)."""
+
+    max_batch: int = checked(256, Range(ge=1))
+    """Requests per ``generate`` call."""
+    batch_wait_ms: float = checked(5.0, Range(ge=0))
+    """How long to gather concurrent requests before sampling them."""
+    threads: int = checked(0, Range(ge=0))
+    """Torch threads of the server (0: torch's default)."""
+    request_log: Optional[str] = None
+    """A JSONL file: one line per request with the weights version, prompt ids, the sampling parameters used and the
+    tokens produced."""
+
+
+def backend_options(rollout_config) -> HFOptions:
+    """``rollout.engine_kwargs.hf`` (a mapping in verl's rollout config) over the defaults; an unknown option, a
+    wrong type or a bad value is a ``ValueError`` naming the key."""
     section = getattr(rollout_config, "engine_kwargs", None) or {}
-    given = dict(section.get(BACKEND_NAME) or {}) if hasattr(section, "get") else {}
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"actor_rollout_ref.rollout.engine_kwargs.{BACKEND_NAME}: unknown option(s) {unknown}; "
-                         f"known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **given}
+    given = (section.get(BACKEND_NAME) if isinstance(section, Mapping) else None) or {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"config key {OPTIONS_KEY} must be a mapping, got {type(given).__name__}")
+    return build(HFOptions, given, OPTIONS_KEY)
 
 
 def check_weight_names(received: dict[str, tuple], expected: dict[str, tuple], tied: list[set[str]]) -> None:
@@ -122,8 +138,8 @@ class HFServer:
         self.config = omega_conf_to_dataclass(config)
         self.model_config = omega_conf_to_dataclass(model_config)
         self.options = backend_options(self.config)
-        if int(self.options["threads"]) > 0:
-            torch.set_num_threads(int(self.options["threads"]))
+        if self.options.threads > 0:
+            torch.set_num_threads(self.options.threads)
         self.replica_rank = replica_rank
         path = self.model_config.local_path
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -135,7 +151,7 @@ class HFServer:
         self._pending: list[_Request] = []
         self._drainer: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()
-        self._log_path = self.options["request_log"]
+        self._log_path = self.options.request_log
         torch.manual_seed(int(self.config.seed) + replica_rank)
 
     # ------------------------------------------------------------ verl's server interface
@@ -216,10 +232,10 @@ class HFServer:
                            max_tokens=max_tokens)
 
     async def _drain(self) -> None:
-        wait = float(self.options["batch_wait_ms"]) / 1000.0
+        wait, max_batch = self.options.batch_wait_ms / 1000.0, self.options.max_batch
         while self._pending:
             seen = -1
-            while seen != len(self._pending) and len(self._pending) < int(self.options["max_batch"]):
+            while seen != len(self._pending) and len(self._pending) < max_batch:
                 seen = len(self._pending)
                 await asyncio.sleep(wait)  # gather the requests fired together
             batch, self._pending = self._pending, []
@@ -227,8 +243,8 @@ class HFServer:
             for req in batch:
                 groups.setdefault(req.params, []).append(req)
             for params, reqs in groups.items():
-                for start in range(0, len(reqs), int(self.options["max_batch"])):
-                    chunk = reqs[start:start + int(self.options["max_batch"])]
+                for start in range(0, len(reqs), max_batch):
+                    chunk = reqs[start:start + max_batch]
                     try:
                         outputs = await asyncio.to_thread(self._sample, params, chunk)
                     except Exception as err:  # every waiting request learns about the failure
