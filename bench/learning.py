@@ -89,7 +89,6 @@ def run_sft_control(seed: int, run_dir: str, overrides: list[str], task: str = "
     from omegaconf import OmegaConf
 
     from e3.engines.local.engine import LocalEngine, evaluate
-    from e3.tasks.model import warm_start
 
     cfg = compose("grpo", task, [f"seed={seed}", *overrides])
     os.makedirs(run_dir, exist_ok=True)
@@ -119,8 +118,7 @@ def run_sft_control(seed: int, run_dir: str, overrides: list[str], task: str = "
         if i % every == 0 or i == total:
             val(i)
 
-    warm_start(eng.model, eng.tok, eng.demo, ws, cfg.task.prompt_width, cfg.task.max_new_tokens, cfg.seed + 104729,
-               {"bench": "sft-control", "seed": seed, "ws": ws}, eng.device, progress)
+    eng.run_warm_start(ws, cfg.seed + 104729, {"bench": "sft-control", "seed": seed, "ws": ws}, progress)
     shutil.rmtree(os.path.join(run_dir, "cache"), ignore_errors=True)
     atomic_write_jsonl(os.path.join(run_dir, "metrics.jsonl"), points)  # complete runs only
     return {"name": "sft_control", "seed": seed, "run_dir": run_dir, "metrics": points, "warm_start": info,

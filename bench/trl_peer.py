@@ -6,7 +6,7 @@ same 32 prompts at every step (TRL's dataset is the engine's ``DataStream`` orde
 8 samples per prompt at T = 1, 4 new tokens at most, AdamW lr 3e-5 (constant, no weight decay), one on-policy
 update per step, PPO ratio clip 0.2, no KL term (beta 0), token-mean loss over the batch (TRL ``loss_type="dapo"``
 = our ``clipped_pg_loss``), group-normalised advantages (mean / std), grad-norm clip 1.0, one torch thread.
-Reward = the task's verifier (``tiny_task.score``) on the decoded completion. Prompts are padded to the engine's
+Reward = the task's verifier (``e3.tasks.arithmetic.score``) on the decoded completion. Prompts are padded to the engine's
 fixed width with a character the tokenizer maps to the pad id, so both models see identical input ids.
 
 Reports (i) rollouts per second of training (generation + scoring + update; validation and start-up excluded),

@@ -1,1 +1,3 @@
-"""The embedded tasks of the tiny runs, their tiny model and its supervised warm start."""
+"""The tasks of the tiny runs (``base``: the ``Task`` interface; ``registry``: ``task.kind``; ``arithmetic``,
+``chain``), their tiny model (``model``), its supervised warm start (``warm_start``) and the start-up difficulty
+report (``report``)."""

@@ -6,7 +6,8 @@ digit), ``"2d+-2d"`` and ``"2d*1d"`` (two-digit x one-digit) are graded by const
 so a held-out problem is learnable from others (a one-digit fact such as ``"3*4="`` is not: it can only be
 memorised, which is why ``"1d+-*1d"`` is available but not a default level).
 
-Every problem of a level is enumerated and assigned, by a stable hash of its text, to one of three disjoint pools:
+Every problem of a level is enumerated and assigned, by a stable hash of its text (``e3.tasks.base.pool_of``), to
+one of three disjoint pools:
 ``demo`` (demonstrations: the only problems the supervised warm start sees), ``rl`` (prompts with a verifiable
 answer but no demonstration: the RL training set) and ``val`` (held out from both). This is the RLVR setting in
 miniature: demonstrations are scarce, verifiable prompts are plentiful, so the gain from RL on the ``rl`` pool is
@@ -23,11 +24,14 @@ Data files (``data.train_file`` / ``data.val_file``) may replace the generated s
 ``prompt`` and an answer under ``answer``, ``ground_truth`` or ``reward_model.ground_truth`` (verl's column), and an
 optional integer ``level``. Every row is checked before training; the first bad one raises ``e3.io.DataError`` naming
 file, line (JSONL, 1-based) or row (parquet, 0-based) and field.
+
+The demonstrator of the warm start may slip (``warm_start.demo_error_rate``): an answer off by one of ``SLIPS``,
+-10, -1, +1, +10 (a dropped carry or a wrong last digit). ``ArithmeticTask`` is all of this as ``task.kind=arithmetic``
+(``e3.tasks.base.Task``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import re
@@ -37,16 +41,17 @@ from typing import Iterable, Optional
 import numpy as np
 
 from e3.io import DataError, atomic_write_jsonl, iter_jsonl  # noqa: F401  (DataError re-exported for the engine)
+from e3.tasks.base import Task, pool_of
 
 PAD, EOS = "<pad>", "<eos>"
 SYMBOLS = "0123456789+-*="
 
 
 class CharTokenizer:
-    """Character tokenizer: ids 0 = pad, 1 = eos, then the 14 symbols ``0-9 + - * =``."""
+    """Character tokenizer: ids 0 = pad, 1 = eos, then one per symbol (default: the 14 symbols ``0-9 + - * =``)."""
 
-    def __init__(self) -> None:
-        self.itos = [PAD, EOS, *SYMBOLS]
+    def __init__(self, symbols: str = SYMBOLS) -> None:
+        self.itos = [PAD, EOS, *symbols]
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         self.pad_id, self.eos_id = 0, 1
         self.vocab_size = len(self.itos)
@@ -119,12 +124,6 @@ class Level:
         return out
 
 
-def pool_of(prompt: str, seed: int, val_fraction: float, demo_fraction: float) -> str:
-    """Stable assignment of a problem to ``val`` / ``demo`` / ``rl`` from a hash of its text and the task seed."""
-    h = int.from_bytes(hashlib.blake2b(f"{seed}:{prompt}".encode(), digest_size=8).digest(), "big") / 2.0 ** 64
-    return "val" if h < val_fraction else "demo" if h < val_fraction + demo_fraction else "rl"
-
-
 def build_pools(levels: list[str], seed: int, val_fraction: float, demo_fraction: float) -> dict[str, list[dict]]:
     """All problems of all levels split into the three disjoint pools; rows are {prompt, answer, level}."""
     pools: dict[str, list[dict]] = {"demo": [], "rl": [], "val": []}
@@ -135,15 +134,17 @@ def build_pools(levels: list[str], seed: int, val_fraction: float, demo_fraction
     return pools
 
 
-def sample_rows(pool: list[dict], n_levels: int, size: int, rng: np.random.Generator) -> list[dict]:
-    """Up to ``size`` distinct rows, an equal share per level (a level with a smaller pool gives all it has)."""
-    by_level = [[r for r in pool if r["level"] == li] for li in range(n_levels)]
-    by_level = [rows for rows in by_level if rows]
-    rows = []
-    for i, level_rows in enumerate(by_level):
-        share = min(len(level_rows), size // len(by_level) + (1 if i < size % len(by_level) else 0))
-        rows += [level_rows[j] for j in rng.choice(len(level_rows), size=share, replace=False)]
-    return [rows[j] for j in rng.permutation(len(rows))]
+SLIPS = (-10, -1, 1, 10)
+"""The noisy demonstrator's slips of an answer: a dropped carry or a wrong last digit."""
+
+
+def slip_rows(rows: list[dict], delta: int, max_answer_len: int) -> list[dict]:
+    """The rows with answer + delta (a carry or last-digit slip); kept correct where the slip would not fit."""
+    out = []
+    for r in rows:
+        wrong = str(int(r["answer"]) + delta)
+        out.append({**r, "answer": wrong if len(wrong) <= max_answer_len else r["answer"]})
+    return out
 
 
 def _answer_of(row: dict) -> Optional[object]:
@@ -206,3 +207,29 @@ def load_rows(path: str, tokenizer: CharTokenizer, prompt_width: int, max_answer
 def write_jsonl(rows: list[dict], path: str) -> None:
     """Write rows atomically (``e3.io.atomic_path``)."""
     atomic_write_jsonl(path, rows)
+
+
+class ArithmeticTask(Task):
+    """``task.kind=arithmetic``: the graded arithmetic above; the train / val sets may come from data files, and
+    the demonstrator slips an answer by one of ``SLIPS``."""
+
+    data_files = True
+    slips = SLIPS
+
+    def parse_level(self, spec: str) -> Level:
+        return Level.parse(spec)
+
+    def pools(self) -> dict[str, list[dict]]:
+        t = self.cfg
+        return build_pools([str(s) for s in t.levels], int(t.seed), float(t.val_fraction), float(t.demo_fraction))
+
+    def read_rows(self, path: str) -> list[dict]:
+        return load_rows(path, self.tokenizer(), int(self.cfg.prompt_width), int(self.cfg.max_new_tokens) - 1)
+
+    def slip(self, rows: list[dict], slip: int, max_answer_len: int) -> list[dict]:
+        return slip_rows(rows, slip, max_answer_len)
+
+    def cache_payload(self) -> dict:
+        payload = super().cache_payload()
+        del payload["kind"]  # the key from before task.kind existed: existing warm-start caches stay valid
+        return payload

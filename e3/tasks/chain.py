@@ -16,7 +16,7 @@ compares it with the true value: an outcome reward, the scratchpad itself is not
 Levels are named ``"<start digits>d<ops><operand digits>dx<steps>"``, e.g. ``"2d+-1dx3"`` (a two-digit start,
 three +/- steps with one-digit operands) or ``"2d*1dx1"``. A level with more problems than
 ``task.chain.problems_per_level`` is sampled (seeded by ``task.seed``); the problems are split into the disjoint
-``demo`` / ``rl`` / ``val`` pools by the same stable hash as the arithmetic task (``tiny_task.pool_of``).
+``demo`` / ``rl`` / ``val`` pools by the same stable hash as the arithmetic task (``e3.tasks.base.pool_of``).
 
 The demonstrator is noisy per step: with probability ``task.chain.step_error_rate`` a step's running value slips by
 one of -10, -1, +1, +10 (a dropped carry, a wrong last digit), and the demonstrator carries on correctly from the
@@ -31,7 +31,8 @@ and validation prompts, harder than anything demonstrated (longer chains, or ste
 competition problems are harder than the worked solutions a base model saw.
 
 Demo rows carry the full scratchpad under ``answer`` (the warm start's target text); RL and validation rows carry
-the final value (the verifier's ground truth).
+the final value (the verifier's ground truth). ``ChainTask`` is all of this as ``task.kind=chain``
+(``e3.tasks.base.Task``); its keys are ``task.chain.*``.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ from typing import Optional
 
 import numpy as np
 
-from e3.tasks.arithmetic import CharTokenizer, pool_of, sample_rows
-
-SLIPS = (-10, -1, 1, 10)
+from e3.schema import _check
+from e3.tasks.arithmetic import SLIPS
+from e3.tasks.base import Task, plain, pool_of
 _SPEC = re.compile(r"^([1-3])d([+\-*]+)([1-2])dx([1-9])$")
 
 
@@ -157,19 +158,33 @@ def build_pools(levels: list[str], seed: int, val_fraction: float, demo_fraction
     return pools
 
 
-def load_task(task_cfg) -> tuple[list, list, list]:
-    """(demo rows, train rows, val rows) of the chain task from the ``task`` config section."""
-    c = task_cfg.chain
-    levels = [str(s) for s in task_cfg.levels]
-    demonstrated = None if c.demo_levels is None else [str(s) for s in c.demo_levels]
-    pools = build_pools(levels, int(task_cfg.seed), float(task_cfg.val_fraction), float(task_cfg.demo_fraction),
-                        int(c.problems_per_level), int(c.demo_variants), float(c.step_error_rate), demonstrated)
-    rng = np.random.default_rng(int(task_cfg.seed))
-    train = sample_rows(pools["rl"], len(levels), int(task_cfg.train_size), rng)
-    val = sample_rows(pools["val"], len(levels), int(task_cfg.val_size), rng)
-    return pools["demo"], train, val
+class ChainTask(Task):
+    """``task.kind=chain``: the chained arithmetic above, generated only; its demonstrator's noise is in the demo rows
+    (``task.chain.step_error_rate``), so it has no slips to draw in the warm start."""
 
+    answer_is_response = False  # train / val rows hold the final value; the response is the whole scratchpad
 
-def tokenizer() -> CharTokenizer:
-    """The chain task writes with the arithmetic task's 16 symbols (digits, + - * =, pad, eos)."""
-    return CharTokenizer()
+    def parse_level(self, spec: str) -> ChainLevel:
+        return ChainLevel.parse(spec)
+
+    def pools(self) -> dict[str, list[dict]]:
+        t, c = self.cfg, self.cfg.chain
+        demonstrated = None if c.demo_levels is None else [str(s) for s in c.demo_levels]
+        return build_pools([str(s) for s in t.levels], int(t.seed), float(t.val_fraction), float(t.demo_fraction),
+                           int(c.problems_per_level), int(c.demo_variants), float(c.step_error_rate), demonstrated)
+
+    def final_answer(self, response: str) -> str:
+        return final_answer(response)
+
+    def cache_payload(self) -> dict:
+        return {**super().cache_payload(), "chain": plain(self.cfg.chain)}
+
+    def check(self, cfg) -> None:
+        _check(cfg.warm_start.demo_error_rate == 0, "warm_start.demo_error_rate",
+               f"must be 0 with task.kind=chain (its demonstrator slips per step: task.chain.step_error_rate), "
+               f"got {cfg.warm_start.demo_error_rate}")
+        super().check(cfg)
+        c = cfg.task.chain  # (the ranges of task.chain.* are declared with its fields)
+        _check(c.demo_levels is None or (len(c.demo_levels) > 0 and set(c.demo_levels) <= set(cfg.task.levels)),
+               "task.chain.demo_levels", f"must be null or a non-empty list of specs from task.levels, "
+               f"got {c.demo_levels}")

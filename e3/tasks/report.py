@@ -88,11 +88,9 @@ def format_report(m: dict, level_names: list[str]) -> str:
 
 
 def startup_report(engine) -> dict:
-    """``difficulty_report`` of a ``LocalEngine``'s RL prompts with ``task.report_samples`` samples each."""
-    from e3.tasks import chain as chain_task
-
+    """``difficulty_report`` of a ``LocalEngine``'s RL prompts with ``task.report_samples`` samples each, scored by
+    its task's verifier (``Task.score``, ``Task.final_answer``)."""
     cfg = engine.cfg
-    final = chain_task.final_answer if cfg.task.kind == "chain" else (lambda r: r)
     return difficulty_report(engine.model, engine.tok, engine.train_rows, int(cfg.task.report_samples),
                              cfg.task.prompt_width, cfg.task.max_new_tokens, engine.device,
-                             cfg.seed * 1_000_003 + 999_983, engine.score, final)
+                             cfg.seed * 1_000_003 + 999_983, engine.task.score, engine.task.final_answer)

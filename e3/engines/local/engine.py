@@ -46,9 +46,11 @@ from e3.engines.local.policy_loss import clipped_pg_loss
 from e3.engines.local.sampling import prompt_perplexity, response_logprobs, sample
 from e3.io import atomic_write_text, read_jsonl
 from e3.tasks.report import format_report, startup_report
-from e3.tasks.model import build_model, warm_start
-from e3.tasks import chain as chain_task
-from e3.tasks.arithmetic import CharTokenizer, DataError, build_pools, load_rows, sample_rows, score, write_jsonl
+from e3.tasks.model import build_model
+from e3.tasks.arithmetic import DataError, write_jsonl
+from e3.tasks.base import Task
+from e3.tasks.registry import make_task
+from e3.tasks.warm_start import left_padded, warm_start
 
 Hook = Callable[[str, dict], None]
 RESUME_MAY_CHANGE = {"plots", "device", "threads", "run_root", "trainer.logger", "trainer.project_name",
@@ -99,29 +101,14 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def load_task(cfg: DictConfig, tok: CharTokenizer) -> tuple[list, list, list]:
-    """(demo rows, train rows, val rows): generated from the level pools, or read (and checked) from files."""
+def load_task(cfg: DictConfig, task: Task) -> tuple[list, list, list]:
+    """(demo rows, train rows, val rows): the task's generated sets, or its rows read (and checked) from data files."""
     t = cfg.task
-    if t.kind == "chain":
-        demo, train, val = chain_task.load_task(t)
-        _check_fit(t, [("generated demo pool", demo, t.max_new_tokens - 1), ("generated train set", train, None),
-                       ("generated val set", val, None)])
-        return demo, train, val
-    levels = list(t.levels)
-    pools = build_pools(levels, t.seed, t.val_fraction, t.demo_fraction)
-    rng = np.random.default_rng(t.seed)
-    max_ans = t.max_new_tokens - 1
-    if cfg.data.train_file:
-        train = load_rows(cfg.data.train_file, tok, t.prompt_width, max_ans)
-    else:
-        train = sample_rows(pools["rl"], len(levels), t.train_size, rng)
-    if cfg.data.val_file:
-        val = load_rows(cfg.data.val_file, tok, t.prompt_width, max_ans)
-    else:
-        val = sample_rows(pools["val"], len(levels), t.val_size, rng)
-    _check_fit(t, [("generated demo pool", pools["demo"], max_ans), ("generated train set", train, max_ans),
+    demo, train, val = task.rows(cfg.data.train_file, cfg.data.val_file)
+    max_ans = t.max_new_tokens - 1 if task.answer_is_response else None
+    _check_fit(t, [("generated demo pool", demo, t.max_new_tokens - 1), ("generated train set", train, max_ans),
                    ("generated val set", val, max_ans)])
-    return pools["demo"], train, val
+    return demo, train, val
 
 
 def _check_fit(t, named_rows) -> None:
@@ -169,9 +156,10 @@ class LocalEngine:
         self.e3cfg = validate(cfg)
         torch.set_num_threads(int(cfg.threads))
         self.device = _device(cfg.device)
-        self.tok = CharTokenizer()
-        self.score = chain_task.score if cfg.task.kind == "chain" else score
-        self.demo, self.train_rows, self.val_rows = load_task(cfg, self.tok)
+        self.task = make_task(cfg.task)
+        self.tok = self.task.tokenizer()
+        self.score = self.task.score
+        self.demo, self.train_rows, self.val_rows = load_task(cfg, self.task)
         width, max_new = cfg.task.prompt_width, cfg.task.max_new_tokens
         self.prompts = torch.from_numpy(self.tok.left_pad([r["prompt"] for r in self.train_rows], width))
         self.levels = np.array([r.get("level", 0) for r in self.train_rows])
@@ -199,12 +187,8 @@ class LocalEngine:
         if cfg.warm_start.steps == 0:
             return {"steps": 0, "cached": False, "seconds": 0.0}
         ws = OmegaConf.to_container(cfg.warm_start)
-        payload = {"model": OmegaConf.to_container(cfg.model), "seed": cfg.seed,
-                   "task": {k: OmegaConf.to_container(cfg.task)[k] for k in
-                            ("levels", "seed", "val_fraction", "demo_fraction", "prompt_width", "max_new_tokens")},
+        payload = {"model": OmegaConf.to_container(cfg.model), "seed": cfg.seed, "task": self.task.cache_payload(),
                    "warm_start": {k: v for k, v in ws.items() if k != "cache_dir"}, "vocab": self.tok.itos}
-        if cfg.task.kind != "arithmetic":  # (arithmetic keeps its old key: existing caches stay valid)
-            payload["task"].update(kind=cfg.task.kind, chain=OmegaConf.to_container(cfg.task.chain))
         bar = None
         if not self.quiet:
             from tqdm import tqdm
@@ -215,11 +199,22 @@ class LocalEngine:
                 bar.update(1)
                 if i % 20 == 0:
                     bar.set_postfix(loss=f"{loss:.3f}")
-        info = warm_start(self.model, self.tok, self.demo, ws, cfg.task.prompt_width, cfg.task.max_new_tokens,
-                          cfg.seed, payload, self.device, progress)
+        info = self.run_warm_start(ws, cfg.seed, payload, progress)
         if bar is not None:
             bar.close()
         return info
+
+    def run_warm_start(self, ws: dict, seed: int, payload: dict, progress=None) -> dict:
+        """The supervised warm start (``e3.tasks.warm_start``) of the model on the task's demonstrations in the
+        left-padded layout, with the task's slipped variants when ``ws["demo_error_rate"]`` > 0; cached by
+        ``payload``."""
+        width, max_new = self.cfg.task.prompt_width, self.cfg.task.max_new_tokens
+
+        def targets():
+            variants = self.task.demo_variants(self.demo, max_new - 1) if ws.get("demo_error_rate", 0) > 0 else []
+            return left_padded(self.tok, [self.demo, *variants], width, max_new, float(ws["prompt_loss"]))
+        return warm_start(self.model, targets, [r.get("level", 0) for r in self.demo], ws, seed, self.device, payload,
+                          progress)
 
     def score_training_set(self) -> None:
         """PREPO offline: perplexities of the whole training set under the starting policy, handed to the controller."""

@@ -23,9 +23,8 @@ from typing import Iterable, Iterator, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from e3.schema import E3Config, Each, OneOf, Range, _check, check_config, checked, config_error
-from e3.tasks.chain import ChainLevel
-from e3.tasks.arithmetic import Level
+from e3.schema import E3Config, Each, OneOf, Range, check_config, checked, config_error
+from e3.tasks.registry import make_task
 
 PACKAGE_CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "config" / "local")
 CONFIG_DIR = PACKAGE_CONFIG_DIR  # the shipped configs (also reachable as configs/local in a clone)
@@ -41,13 +40,14 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------------------ the schema
 @dataclass
 class ChainConfig:
-    """The chain task's generator and demonstrator (``task.kind=chain``, ``e3/tasks/chain.py``)."""
+    """The chain task's generator and demonstrator (``task.kind=chain``, ``e3/tasks/chain.py``, which checks the
+    rules across keys)."""
 
-    problems_per_level: int = 6000
+    problems_per_level: int = checked(6000, Range(ge=1))
     """A level with more problems is sampled (seeded by ``task.seed``)."""
-    step_error_rate: float = 0.0
+    step_error_rate: float = checked(0.0, Range(ge=0, lt=1))
     """Noisy demonstrator: chance that a scratchpad step's running value slips by -10/-1/+1/+10."""
-    demo_variants: int = 1
+    demo_variants: int = checked(1, Range(ge=1))
     """Independently drawn demonstrations per demo problem."""
     demo_levels: Optional[list[str]] = None
     """Levels (specs from ``task.levels``) that have demonstrations; null = all. The others are RL/val only."""
@@ -55,58 +55,41 @@ class ChainConfig:
 
 @dataclass
 class TaskConfig:
-    """The embedded task: graded arithmetic (``e3/tasks/arithmetic.py``) or chained arithmetic on a scratchpad
-    (``task.kind=chain``, ``e3/tasks/chain.py``; the shipped config ``chain``)."""
+    """The task: graded arithmetic (``e3/tasks/arithmetic.py``), chained arithmetic on a scratchpad
+    (``task.kind=chain``, ``e3/tasks/chain.py``; the shipped config ``chain``) or a task of your own. The task
+    checks its own rules (level grammar, data files, demonstrator: ``e3.tasks.base.Task.check``)."""
 
     kind: str = "arithmetic"
-    """arithmetic | chain."""
+    """A registered task (arithmetic, chain, or a name given to ``e3.tasks.registry.register_task``) or
+    ``module.path:ClassName`` of a ``e3.tasks.base.Task`` subclass, imported on use."""
     levels: list[str] = field(default_factory=lambda: ["2d+-1d", "2d+-2d", "2d*1d"])
-    """Levels, easy -> hard; each composes digit facts, so held-out problems are learnable."""
-    seed: int = 0
+    """Levels, easy -> hard, in the task's level grammar; each composes digit facts, so held-out problems are
+    learnable."""
+    seed: int = checked(0, Range(ge=0))
     """Seed of the demo/RL/val split and of drawing the train/val sets (fixed across run seeds)."""
-    val_fraction: float = 0.2
+    val_fraction: float = checked(0.2, Range(ge=0, lt=1))
     """Share of every level's problems held out for validation."""
-    demo_fraction: float = 0.3
+    demo_fraction: float = checked(0.3, Range(ge=0, lt=1))
     """Share seen by the warm start (demonstrations); the rest is the RL pool."""
-    train_size: int = 2048
+    train_size: int = checked(2048, Range(ge=1))
     """RL prompts drawn from the RL pool (equal share per level, at most the pool)."""
-    val_size: int = 900
+    val_size: int = checked(900, Range(ge=1))
     """Validation problems (equal share per level, at most the pool)."""
-    prompt_width: int = 7
+    prompt_width: int = checked(7, Range(ge=1))
     """Prompts are left-padded to this many tokens (>= longest prompt + 1)."""
-    max_new_tokens: int = 4
+    max_new_tokens: int = checked(4, Range(ge=1))
     """Answer characters + eos (the longest default answer, -89 or 891, has 3)."""
-    report_samples: int = 0
+    report_samples: int = checked(0, Range(ge=0))
     """> 0: before RL, sample this many responses per RL prompt and print how hard the prompts are for the warm
     start (never / always solved, pass rate per level; logged as ``task/*`` at step 0)."""
     chain: ChainConfig = field(default_factory=ChainConfig)
 
-    def validate(self) -> None:
-        for key in ("train_size", "val_size", "prompt_width", "max_new_tokens"):
-            _positive_int(self, "task", key)
-        _check(self.seed >= 0, "task.seed", f"must be >= 0, got {self.seed}")
-        _check(self.report_samples >= 0, "task.report_samples", f"must be >= 0, got {self.report_samples}")
-        _check(self.kind in ("arithmetic", "chain"), "task.kind", f"must be arithmetic or chain, got {self.kind!r}")
-        for key in ("val_fraction", "demo_fraction"):
-            v = getattr(self, key)
-            _check(0 <= v < 1, f"task.{key}", f"must be a number in [0, 1), got {v}")
-        _check(self.val_fraction + self.demo_fraction < 1, "task.demo_fraction",
-               f"plus task.val_fraction must be < 1 (the RL pool would be empty), got {self.demo_fraction}")
-        _check(len(self.levels) > 0, "task.levels", "must list at least one level")
-        for spec in self.levels:
-            try:
-                (ChainLevel if self.kind == "chain" else Level).parse(str(spec))
-            except ValueError as err:
-                raise ValueError(f"task.levels {str(err).removeprefix('task.levels: ')}") from None
-        if self.kind == "chain":
-            c = self.chain
-            for key in ("problems_per_level", "demo_variants"):
-                _positive_int(c, "task.chain", key)
-            _check(0 <= c.step_error_rate < 1, "task.chain.step_error_rate",
-                   f"must be a number in [0, 1), got {c.step_error_rate}")
-            _check(c.demo_levels is None or (len(c.demo_levels) > 0 and set(c.demo_levels) <= set(self.levels)),
-                   "task.chain.demo_levels", f"must be null or a non-empty list of specs from task.levels, "
-                   f"got {c.demo_levels}")
+    def cross_checks(self) -> Iterator[tuple[str, str]]:
+        if self.val_fraction + self.demo_fraction >= 1:
+            yield "demo_fraction", (f"plus task.val_fraction must be < 1 (the RL pool would be empty), "
+                                    f"got {self.demo_fraction}")
+        if not self.levels:
+            yield "levels", "must list at least one level"
 
 
 @dataclass
@@ -237,21 +220,11 @@ class LocalConfig:
                                 f"got {n}")
 
     def validate(self) -> E3Config:
-        """The declared checks of every key and the rules across keys (``check_config``), then the task section's;
-        returns the validated ``E3Config``."""
+        """The declared checks of every key and the rules across keys (``check_config``), then the task's own
+        (``Task.check``: its levels, data files, demonstrator); returns the validated ``E3Config``."""
         check_config(self)
-        self.task.validate()
-        _check(self.task.kind == "arithmetic" or self.warm_start.demo_error_rate == 0, "warm_start.demo_error_rate",
-               f"must be 0 with task.kind=chain (its demonstrator slips per step: task.chain.step_error_rate), "
-               f"got {self.warm_start.demo_error_rate}")
-        _check(self.task.kind == "arithmetic" or not (self.data.train_file or self.data.val_file), "data.train_file",
-               "and data.val_file are for task.kind=arithmetic; the chain task is generated")
+        make_task(self.task).check(self)
         return self.e3
-
-
-def _positive_int(section, prefix: str, key: str) -> None:
-    v = getattr(section, key)
-    _check(v >= 1, f"{prefix}.{key}" if prefix else key, f"must be >= 1, got {v}")
 
 
 def _register_schema() -> None:

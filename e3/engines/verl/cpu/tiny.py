@@ -5,9 +5,12 @@ as ``"47-8="`` with an exact integer answer, split by a stable hash into demonst
 16-symbol character vocabulary as a transformers tokenizer (chat template = the problem text, so verl's
 ``RLHFDataset`` gives the model exactly the problem), and a Llama built from a config (``e3.tasks.model``).
 A random model never answers right, and with all-zero rewards GRPO has no gradient, so the model is warm-started
-with a short supervised pass over the *demonstration* pool (prompt, answer, eos; loss on the answer); RL then runs
-on the disjoint RL pool, where the warm-started model is right on some samples and wrong on others.
+with a short supervised pass over the *demonstration* pool (``e3.tasks.warm_start`` in verl's layout: prompt,
+answer, eos; loss on answer and eos); RL then runs on the disjoint RL pool, where the warm-started model is right on
+some samples and wrong on others. The task's rows come from ``e3.tasks.arithmetic.ArithmeticTask``.
 
+The options are the ``cpu_tiny`` section (``CpuTinyOptions``: same keys as the local engine's ``task`` split and
+sizes, ``model`` and a short ``warm_start``); an unknown key or a wrong type is an error naming ``cpu_tiny.<key>``.
 ``prepare(options)`` builds all of it once under ``cache_dir`` (default ``~/.cache/e3/verl_cpu_tiny``; each folder
 written under a temporary name, then renamed): ``model-<hash>/`` (transformers format with the tokenizer, keyed by
 what determines the warm start) and ``data-<hash>/{train,val}.parquet`` (verl rows with ``extra_info.index``,
@@ -18,34 +21,61 @@ the unbiased ``val/pass@K`` when sampled). ``compute_score`` is the task's verif
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from e3.engines.local.schema import ModelConfig
 from e3.io import read_jsonl
-from e3.tasks.arithmetic import CharTokenizer, build_pools, sample_rows, score
+from e3.schema import config_error
+from e3.tasks.arithmetic import ArithmeticTask, CharTokenizer, score
+from e3.tasks.warm_start import cache_key, train, unpadded
 
 DATA_SOURCE = "e3_tiny_arith"
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-DEFAULTS = {
-    "seed": 0,
-    "levels": ["2d+-1d"],
-    "val_fraction": 0.2,
-    "demo_fraction": 0.3,
-    "train_size": 512,
-    "val_size": 64,
-    "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 256},
-    "warm_start": {"steps": 300, "batch_size": 128, "lr": 3.0e-3, "min_lr": 3.0e-4, "warmup_steps": 20},
-    "threads": 1,  # torch threads of the warm start (2 threads on 2 shared cores ran ~15x slower per step here)
-    "cache_dir": None,
-}
-FORMAT = 1
+FORMAT = 2  # of the model and data folders; 2: the warm start of e3.tasks.warm_start
+
+
+@dataclass
+class TinyWarmStart:
+    """The model's supervised warm start (``e3.tasks.warm_start`` in verl's layout, no weight decay, an exact
+    demonstrator)."""
+
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 3.0e-3
+    """Peak learning rate, cosine down to ``min_lr`` after ``warmup_steps`` of linear warm-up."""
+    min_lr: float = 3.0e-4
+    warmup_steps: int = 20
+
+
+@dataclass
+class CpuTinyOptions:
+    """The ``cpu_tiny`` section of ``verl_cpu_tiny`` (less the ``model_dir`` / ``data_dir`` / ``run_dir`` it is
+    given): the arithmetic task's split and sizes (the local engine's ``task`` keys), the model, its warm start."""
+
+    seed: int = 0
+    """Seed of the task's split and draws, of the model's initialisation and of the warm start."""
+    levels: list[str] = field(default_factory=lambda: ["2d+-1d"])
+    val_fraction: float = 0.2
+    demo_fraction: float = 0.3
+    train_size: int = 512
+    val_size: int = 64
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=64, num_layers=2, num_heads=4,
+                                                                   intermediate_size=256))
+    warm_start: TinyWarmStart = field(default_factory=TinyWarmStart)
+    threads: int = 1
+    """Torch threads of the warm start (2 threads on 2 shared cores ran ~15x slower per step here)."""
+    cache_dir: Optional[str] = None
+    """Where the model and data folders are built (null: ~/.cache/e3/verl_cpu_tiny)."""
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
@@ -64,27 +94,18 @@ def hf_tokenizer():
     return tok
 
 
-def resolve(options: dict | None) -> dict:
-    """``DEFAULTS`` overlaid with ``options``; an unknown key is an error naming it."""
-    options = dict(options or {})
-    out = json.loads(json.dumps(DEFAULTS))
-    for key, value in options.items():
-        if key not in out:
-            raise ValueError(f"cpu_tiny.{key}: unknown option (known: {sorted(out)})")
-        if isinstance(out[key], dict):
-            value = dict(value or {})
-            unknown = sorted(set(value) - set(out[key]))
-            if unknown:
-                raise ValueError(f"cpu_tiny.{key}: unknown option(s) {unknown} (known: {sorted(out[key])})")
-            out[key].update(value)
-        else:
-            out[key] = list(value) if isinstance(value, (list, tuple)) else value
-    return out
+def load_options(options: dict | None) -> dict:
+    """The ``cpu_tiny`` options over their defaults (``CpuTinyOptions``), as plain data; an unknown key or a value of
+    the wrong type raises ``ValueError`` naming ``cpu_tiny.<key>``."""
+    try:
+        opts = OmegaConf.merge(OmegaConf.structured(CpuTinyOptions), options or {})
+    except OmegaConfBaseException as err:
+        raise ValueError(config_error(err, "cpu_tiny")) from None
+    return OmegaConf.to_container(opts)
 
 
 def _key(opts: dict) -> str:
-    payload = {k: v for k, v in opts.items() if k not in ("cache_dir", "threads")}
-    return hashlib.sha256(json.dumps({"format": FORMAT, **payload}, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_key({"format": FORMAT, **{k: v for k, v in opts.items() if k not in ("cache_dir", "threads")}})
 
 
 def _rows(rows: list[dict], split: str, start: int) -> list[dict]:
@@ -93,40 +114,6 @@ def _rows(rows: list[dict], split: str, start: int) -> list[dict]:
     return [make_row(r["prompt"], r["answer"], data_source=DATA_SOURCE, split=split, index=start + i,
                      instruction=None, ability="arithmetic", extra={"level": int(r["level"])})
             for i, r in enumerate(rows)]
-
-
-def warm_start(model, tok: CharTokenizer, rows: list[dict], ws: dict, seed: int) -> dict:
-    """Supervised pass over demonstrations in verl's layout (unpadded prompt, answer, eos; loss on answer + eos)."""
-    seqs = [tok.encode(r["prompt"]) + tok.encode(r["answer"]) + [tok.eos_id] for r in rows]
-    starts = [len(r["prompt"]) for r in rows]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s, p) in enumerate(zip(seqs, starts)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        labels[i, p: len(s)] = torch.tensor(s[p:])
-    steps, bs = int(ws["steps"]), int(ws["batch_size"])
-    lr, min_lr, warm = float(ws["lr"]), float(ws["min_lr"]), int(ws["warmup_steps"])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    gen = np.random.default_rng(seed + 7919)
-    model.train()
-    t0, loss_ema = time.time(), float("nan")
-    for step in range(steps):
-        frac = step / max(1, steps - 1)
-        cur = lr * (step + 1) / warm if step < warm else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * frac))
-        for g in opt.param_groups:
-            g["lr"] = cur
-        pick = torch.from_numpy(gen.integers(0, len(seqs), size=bs))
-        loss = model(input_ids=ids[pick], attention_mask=mask[pick], labels=labels[pick]).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss_ema = loss.item() if step == 0 else 0.95 * loss_ema + 0.05 * loss.item()
-    model.eval()
-    return {"seconds": round(time.time() - t0, 2), "loss": round(loss_ema, 4), "steps": steps}
 
 
 @torch.no_grad()
@@ -150,26 +137,25 @@ def prepare(options: dict | None = None, log=print) -> tuple[str, str]:
     from e3.data import write_rows
     from e3.tasks.model import build_model
 
-    opts = resolve(options)
+    opts = load_options(options)
     cache = os.path.expanduser(opts["cache_dir"] or os.path.join("~", ".cache", "e3", "verl_cpu_tiny"))
-    seed, levels = int(opts["seed"]), list(opts["levels"])
-    pools = build_pools(levels, seed, float(opts["val_fraction"]), float(opts["demo_fraction"]))
-    gen = np.random.default_rng(seed)
-    train = sample_rows(pools["rl"], len(levels), int(opts["train_size"]), gen)
-    val = sample_rows(pools["val"], len(levels), int(opts["val_size"]), gen)
+    seed = int(opts["seed"])
+    task = ArithmeticTask(OmegaConf.create(opts))
+    demo, train_rows, val = task.rows()
 
     model_key = {k: opts[k] for k in ("seed", "levels", "val_fraction", "demo_fraction", "model", "warm_start")}
     model_dir = os.path.join(cache, f"model-{_key(model_key)}")
     if not os.path.isfile(os.path.join(model_dir, "warm_start.json")):
-        char_tok = CharTokenizer()
-        longest = max(len(r["prompt"]) + len(r["answer"]) for r in pools["demo"] + pools["rl"] + pools["val"]) + 2
+        char_tok = task.tokenizer()
+        longest = max(len(r["prompt"]) + len(r["answer"]) for r in demo + train_rows + val) + 2
         model = build_model(opts["model"], char_tok.vocab_size, max_len=max(32, longest), seed=seed)
         log(f"[verl_cpu_tiny] warm start: {opts['warm_start']['steps']} supervised steps on "
-            f"{len(pools['demo'])} demonstrations ({sum(p.numel() for p in model.parameters()):,} parameters)")
+            f"{len(demo)} demonstrations ({sum(p.numel() for p in model.parameters()):,} parameters)")
         threads = torch.get_num_threads()
         torch.set_num_threads(int(opts["threads"]))
         try:
-            stats = warm_start(model, char_tok, pools["demo"], opts["warm_start"], seed)
+            stats = train(model, unpadded(char_tok, [demo]), None, opts["warm_start"], seed, torch.device("cpu"))
+            model.eval()
             stats["greedy_accuracy_val"] = round(greedy_accuracy(model, char_tok, val), 4)
         finally:
             torch.set_num_threads(threads)
@@ -189,8 +175,8 @@ def prepare(options: dict | None = None, log=print) -> tuple[str, str]:
         tmp = f"{data_dir}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        write_rows(_rows(train, "train", 0), os.path.join(tmp, "train.parquet"))
-        write_rows(_rows(val, "val", len(train)), os.path.join(tmp, "val.parquet"))
+        write_rows(_rows(train_rows, "train", 0), os.path.join(tmp, "train.parquet"))
+        write_rows(_rows(val, "val", len(train_rows)), os.path.join(tmp, "val.parquet"))
         _publish(tmp, data_dir)
     return model_dir, data_dir
 
