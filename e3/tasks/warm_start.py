@@ -151,7 +151,7 @@ def train(model, targets: Targets, levels, ws: Mapping, seed: int, device: torch
         if progress is not None:
             progress(step + 1, steps, loss_ema)
     return {"seconds": round(time.time() - t0, 2), "cpu_seconds": round(time.process_time() - cpu0, 2),
-            "loss": round(float(loss_ema), 4), "steps": steps}
+            "loss": round(float("nan") if loss_ema is None else loss_ema, 4), "steps": steps}
 
 
 def cache_key(payload: dict) -> str:

@@ -71,6 +71,14 @@ def test_noise_without_slipped_demonstrations_is_refused():
         train(model, unpadded(TOK, [ROWS]), None, {**WS, "demo_error_rate": 0.2}, 0, torch.device("cpu"))
 
 
+def test_zero_steps_leave_the_model_as_built():
+    model = build_model({"hidden_size": 8, "num_layers": 1, "num_heads": 1, "intermediate_size": 8}, 16, 16, 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = train(model, unpadded(TOK, [ROWS]), None, {**WS, "steps": 0}, 0, torch.device("cpu"))
+    assert stats["steps"] == 0 and math.isnan(stats["loss"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_warm_start_trains_once_then_loads_from_its_cache(tmp_path):
     def model():
         return build_model({"hidden_size": 8, "num_layers": 1, "num_heads": 1, "intermediate_size": 8}, 16, 16, 0)
