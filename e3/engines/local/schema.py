@@ -27,8 +27,6 @@ from e3.schema import E3Config, Each, OneOf, Range, check_config, checked, confi
 from e3.tasks.registry import make_task
 
 PACKAGE_CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "config" / "local")
-CONFIG_DIR = PACKAGE_CONFIG_DIR  # the shipped configs (also reachable as configs/local in a clone)
-DEFAULT_CONFIG = os.path.join(PACKAGE_CONFIG_DIR, "default.yaml")
 SCHEMA_NAME = "local_schema"
 LOGGERS = ("console", "tensorboard", "wandb", "mlflow")
 
@@ -164,13 +162,13 @@ class TrainerConfig:
     val_every: int = checked(100, Range(ge=1))
     """Validation period (steps); step 0 and the last step always validate."""
     logger: list[str] = checked(default_factory=list, check=Each(OneOf(*LOGGERS)))
-    """Experiment trackers, as verl's ``trainer.logger``: any of console (a line of scalars per step), tensorboard
+    """Experiment loggers, as verl's ``trainer.logger``: any of console (a line of scalars per step), tensorboard
     (``<run dir>/tensorboard``), wandb, mlflow (``e3/engines/local/tracking.py``). ``metrics.jsonl`` in the run
     directory is always written, and the progress bar shows without any."""
     project_name: str = "e3_local"
-    """Project (wandb project, mlflow experiment) of the trackers."""
+    """Project (wandb project, mlflow experiment) of the loggers."""
     experiment_name: Optional[str] = None
-    """Run name in the trackers (null: the run directory's name)."""
+    """Run name in the loggers (null: the run directory's name)."""
 
 
 @dataclass
