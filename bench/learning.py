@@ -504,7 +504,7 @@ def main(argv=None) -> int:
     print(report(res))
     for r in runs:  # the start-up difficulty report of each seed's warm start (logged at step 0 of its GRPO run)
         if r["name"] == "grpo" and r["metrics"] and "task/never_solved" in r["metrics"][0]:
-            from e3.tasks.report import format_report
+            from e3.engines.local.report import format_report
 
             levels = [str(v) for v in read_levels(r["run_dir"])]
             print(f"seed {r['seed']}: " + format_report(r["metrics"][0], levels).replace("[e3] ", ""))

@@ -40,7 +40,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from e3.io import DataError, atomic_write_jsonl, iter_jsonl  # noqa: F401  (DataError re-exported for the engine)
+from e3.io import DataError, atomic_write_jsonl, iter_jsonl
 from e3.tasks.base import Task, pool_of
 
 PAD, EOS = "<pad>", "<eos>"

@@ -20,7 +20,7 @@ from e3.engines.local import checkpoint as ckpt
 from e3.engines.local.engine import main, run
 from e3.io import read_jsonl
 from e3.engines.local.schema import ConfigError
-from e3.tasks.arithmetic import DataError
+from e3.io import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = ["step", "rollout/temperature", "rollout/entropy", "rollout/target_entropy", "rollout/n_min",

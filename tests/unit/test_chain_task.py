@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from e3.tasks import chain as ct
-from e3.tasks.report import format_report, summarise
+from e3.engines.local.report import format_report, summarise
 
 
 def test_scratchpad_and_verifier_on_a_worked_example():

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from e3.tasks.arithmetic import CharTokenizer, DataError, Level, build_pools, load_rows, score
+from e3.io import DataError
+from e3.tasks.arithmetic import CharTokenizer, Level, build_pools, load_rows, score
 from e3.tasks.base import pool_of, sample_rows
 
 

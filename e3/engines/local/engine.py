@@ -44,10 +44,10 @@ from e3.engines.local.tracking import ExperimentLogger, check_backends
 from e3.engines.local.run_dir import prepare_run_dir, truncate_metrics
 from e3.engines.local.policy_loss import clipped_pg_loss
 from e3.engines.local.sampling import prompt_perplexity, response_logprobs, sample
-from e3.io import atomic_write_text, read_jsonl
-from e3.tasks.report import format_report, startup_report
+from e3.io import DataError, atomic_write_text, read_jsonl
+from e3.engines.local.report import format_report, startup_report
 from e3.tasks.model import build_model
-from e3.tasks.arithmetic import DataError, write_jsonl
+from e3.tasks.arithmetic import write_jsonl
 from e3.tasks.base import Task
 from e3.tasks.registry import make_task
 from e3.tasks.warm_start import left_padded, warm_start

@@ -1,4 +1,4 @@
-"""The start-up report of a local run: how hard the RL prompts are for the warm-started policy, measured.
+"""The local engine's start-up report: how hard the RL prompts are for the warm-started policy, measured.
 
 E3's data (Liao et al. 2025, section 4; BENCHMARKS.md section 1) has a wide difficulty spread: of 15,888 questions,
 27 % are never solved in 10 samples by the base model and 41 % always. The allocators and the temperature
