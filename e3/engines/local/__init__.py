@@ -2,5 +2,6 @@
 
 ``engine`` (the run: rollout, update, observe), ``schema`` (the typed ``LocalConfig``), ``sampling`` (KV-cache
 sampling at τ), ``policy_loss``, ``tracking`` (metrics.jsonl and the logger backends), ``checkpoint``, ``run_dir``,
-``evaluate``. ``python -m e3.engines.local`` runs it. Nothing is imported here, so importing a submodule stays cheap.
+``evaluate``, ``report`` (the start-up difficulty report). ``python -m e3.engines.local`` runs it. Nothing is
+imported here, so importing a submodule stays cheap.
 """
