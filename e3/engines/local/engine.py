@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from e3.controller import E3Controller, StepPlan
 from e3.engines.local import checkpoint as ckpt
-from e3.engines.local.schema import ConfigError, apply_overrides, diff_keys, from_any, load_config, validate
+from e3.engines.local.schema import ConfigError, apply_overrides, diff_keys, from_any, load_config, check_local_config
 from e3.engines.local.evaluate import evaluate, summary
 from e3.engines.local.tracking import ExperimentLogger, check_backends
 from e3.engines.local.run_dir import prepare_run_dir, truncate_metrics
@@ -153,7 +153,7 @@ class LocalEngine:
 
     def __init__(self, cfg: DictConfig, run_dir: str, hooks: Iterable[Hook] = (), quiet: bool = False):
         self.cfg, self.run_dir, self.hooks, self.quiet = cfg, run_dir, list(hooks), quiet
-        self.e3cfg = validate(cfg)
+        self.e3cfg = check_local_config(cfg)
         torch.set_num_threads(int(cfg.threads))
         self.device = _device(cfg.device)
         self.task = make_task(cfg.task)

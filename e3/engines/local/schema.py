@@ -217,9 +217,9 @@ class LocalConfig:
             yield "rollout.n", (f"must lie in [e3.allocation.n_low, e3.allocation.n_high] = [{a.n_low}, {a.n_high}], "
                                 f"got {n}")
 
-    def validate(self) -> E3Config:
+    def check(self) -> E3Config:
         """The declared checks of every key and the rules across keys (``check_config``), then the task's own
-        (``Task.check``: its levels, data files, demonstrator); returns the validated ``E3Config``."""
+        (``Task.check``: its levels, data files, demonstrator); returns the checked ``E3Config``."""
         check_config(self)
         make_task(self.task).check(self)
         return self.e3
@@ -299,10 +299,10 @@ def _merge(base: DictConfig, other, where: str) -> DictConfig:
 
 
 def load_config(config: Optional[str] = None, overrides: Iterable[str] = ()) -> DictConfig:
-    """Schema <- the config's composed defaults list <- dotted overrides; then ``validate``."""
+    """Schema <- the config's composed defaults list <- dotted overrides; then ``check_local_config``."""
     cfg = _merge(schema(), compose(config), resolve(config)[1] if config else "default")
     cfg = apply_overrides(cfg, overrides)
-    validate(cfg)
+    check_local_config(cfg)
     return cfg
 
 
@@ -321,23 +321,23 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 
 
 def from_any(config) -> DictConfig:
-    """A validated DictConfig from a DictConfig or a dict (merged over the schema), or a config name / YAML path."""
+    """A checked DictConfig from a DictConfig or a dict (merged over the schema), or a config name / YAML path."""
     if isinstance(config, (str, os.PathLike)):
         return load_config(str(config))
     cfg = schema()
     if config is not None:
         cfg = _merge(cfg, OmegaConf.create(config) if isinstance(config, dict) else config, "config")
-    validate(cfg)
+    check_local_config(cfg)
     return cfg
 
 
-def validate(cfg: DictConfig) -> E3Config:
+def check_local_config(cfg: DictConfig) -> E3Config:
     """Types (by the schema) and ranges of every key; returns the typed E3Config."""
     try:
         if OmegaConf.get_type(cfg) is not LocalConfig:
             cfg = _merge(schema(), cfg, "config")
         obj: LocalConfig = OmegaConf.to_object(cfg)
-        return obj.validate()
+        return obj.check()
     except OmegaConfBaseException as err:
         raise ConfigError(config_error(err)) from None
     except ValueError as err:  # "config key <key> ..." from check_config, "<key> ..." from the task section's rules
