@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from e3.tasks.arithmetic import CharTokenizer
+from e3.tasks.vocab import CharTokenizer
 
 _PAYLOAD_KEYS = ("levels", "seed", "val_fraction", "demo_fraction", "prompt_width", "max_new_tokens")
 
@@ -53,10 +52,8 @@ class Task:
         self.cfg = cfg
 
     # -- vocabulary and level grammar ------------------------------------------------------------------------
-    def tokenizer(self) -> "CharTokenizer":
+    def tokenizer(self) -> CharTokenizer:
         """The task's vocabulary (default: the arithmetic task's 16 symbols)."""
-        from e3.tasks.arithmetic import CharTokenizer
-
         return CharTokenizer()
 
     def parse_level(self, spec: str) -> Any:

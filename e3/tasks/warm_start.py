@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from e3.io import atomic_path
-from e3.tasks.arithmetic import CharTokenizer
+from e3.tasks.vocab import CharTokenizer
 
 Progress = Callable[[int, int, float], None]
 

@@ -9,7 +9,7 @@ import torch
 from e3.engines.local.policy_loss import clipped_pg_loss
 from e3.engines.local.sampling import prompt_perplexity, response_logprobs, response_mask, sample
 from e3.tasks.model import build_model
-from e3.tasks.arithmetic import CharTokenizer
+from e3.tasks.vocab import CharTokenizer
 
 TOK = CharTokenizer()
 WIDTH, MAX_NEW = 7, 5

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from e3.tasks import registry
-from e3.tasks.arithmetic import ArithmeticTask, CharTokenizer
+from e3.tasks.arithmetic import ArithmeticTask
+from e3.tasks.vocab import CharTokenizer
 from e3.tasks.base import Task
 from e3.tasks.chain import ChainTask
 from e3.tasks.model import build_model

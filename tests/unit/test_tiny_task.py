@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from e3.io import DataError
-from e3.tasks.arithmetic import CharTokenizer, Level, build_pools, load_rows, score
+from e3.tasks.arithmetic import Level, build_pools, load_rows, score
+from e3.tasks.vocab import CharTokenizer
 from e3.tasks.base import pool_of, sample_rows
 
 

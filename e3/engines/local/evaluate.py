@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 
 from e3.engines.local.sampling import sample
 from e3.metrics import pass_at_k
-from e3.tasks.arithmetic import CharTokenizer, score
+from e3.tasks.arithmetic import score
+from e3.tasks.vocab import CharTokenizer
 
 
 @torch.no_grad()

@@ -36,7 +36,8 @@ from omegaconf.errors import OmegaConfBaseException
 from e3.engines.local.schema import ModelConfig
 from e3.io import read_jsonl
 from e3.schema import config_error
-from e3.tasks.arithmetic import ArithmeticTask, CharTokenizer, score
+from e3.tasks.arithmetic import ArithmeticTask, score
+from e3.tasks.vocab import CharTokenizer
 from e3.tasks.warm_start import cache_key, train, unpadded
 
 DATA_SOURCE = "e3_tiny_arith"
