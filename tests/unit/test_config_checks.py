@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from e3.engines.local.schema import ConfigError, LocalConfig, from_any
+from e3.engines.verl.cpu.tiny import CpuTinyOptions, load_options
 from e3.schema import CHECK, AllocationConfig, E3Config, Each, NonEmpty, OneOf, Range
 
 try:
@@ -61,7 +62,11 @@ def load_hf(key, value):
     backend_options(SimpleNamespace(engine_kwargs={"hf": {key.rsplit(".", 1)[1]: value}}))
 
 
-ROOTS = [(E3Config, "e3", load_e3), (LocalConfig, "", load_local)]
+def load_cpu_tiny(key, value):
+    load_options(nested(key.removeprefix("cpu_tiny."), value))
+
+
+ROOTS = [(E3Config, "e3", load_e3), (LocalConfig, "", load_local), (CpuTinyOptions, "cpu_tiny", load_cpu_tiny)]
 if HFOptions is not None:
     ROOTS.append((HFOptions, OPTIONS_KEY, load_hf))
 CASES = [(key, value, load) for cls, where, load in ROOTS for key, check in declared(cls, where)
@@ -73,6 +78,7 @@ def test_the_walk_finds_the_checked_fields_of_every_schema():
     assert {"e3.allocation.n_low", "e3.temperature.tau_min", "e3.weighting.clip_max", "e3.validation.pass_k",
             "trainer.total_steps", "trainer.logger", "device", "rollout.n", "val.pass_k"} <= keys
     assert len(keys) >= 50
+    assert {"cpu_tiny.val_fraction", "cpu_tiny.model.hidden_size", "cpu_tiny.warm_start.steps"} <= keys
     if HFOptions is not None:
         assert f"{OPTIONS_KEY}.max_batch" in keys
 

@@ -31,11 +31,10 @@ from typing import Optional
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from e3.engines.local.schema import ModelConfig
 from e3.io import read_jsonl
-from e3.schema import config_error
+from e3.schema import Each, NonEmpty, Range, build, checked
 from e3.tasks.arithmetic import ArithmeticTask, score
 from e3.tasks.vocab import CharTokenizer
 from e3.tasks.warm_start import cache_key, train, unpadded
@@ -50,12 +49,12 @@ class TinyWarmStart:
     """The model's supervised warm start (``e3.tasks.warm_start`` in verl's layout, no weight decay, an exact
     demonstrator)."""
 
-    steps: int = 300
-    batch_size: int = 128
-    lr: float = 3.0e-3
+    steps: int = checked(300, Range(ge=0))
+    batch_size: int = checked(128, Range(ge=1))
+    lr: float = checked(3.0e-3, Range(gt=0))
     """Peak learning rate, cosine down to ``min_lr`` after ``warmup_steps`` of linear warm-up."""
-    min_lr: float = 3.0e-4
-    warmup_steps: int = 20
+    min_lr: float = checked(3.0e-4, Range(ge=0))
+    warmup_steps: int = checked(20, Range(ge=0))
 
 
 @dataclass
@@ -65,18 +64,22 @@ class CpuTinyOptions:
 
     seed: int = 0
     """Seed of the task's split and draws, of the model's initialisation and of the warm start."""
-    levels: list[str] = field(default_factory=lambda: ["2d+-1d"])
-    val_fraction: float = 0.2
-    demo_fraction: float = 0.3
-    train_size: int = 512
-    val_size: int = 64
+    levels: list[str] = checked(default_factory=lambda: ["2d+-1d"], check=Each(NonEmpty()))
+    val_fraction: float = checked(0.2, Range(gt=0, lt=1))
+    demo_fraction: float = checked(0.3, Range(gt=0, lt=1))
+    train_size: int = checked(512, Range(ge=1))
+    val_size: int = checked(64, Range(ge=1))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=64, num_layers=2, num_heads=4,
                                                                    intermediate_size=256))
     warm_start: TinyWarmStart = field(default_factory=TinyWarmStart)
-    threads: int = 1
+    threads: int = checked(1, Range(ge=1))
     """Torch threads of the warm start (2 threads on 2 shared cores ran ~15x slower per step here)."""
     cache_dir: Optional[str] = None
     """Where the model and data folders are built (null: ~/.cache/e3/verl_cpu_tiny)."""
+
+    def cross_checks(self):
+        if not self.levels:
+            yield "levels", "must name at least one level of the arithmetic task, e.g. ['2d+-1d']"
 
 
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs) -> dict:
@@ -97,12 +100,8 @@ def hf_tokenizer():
 
 def load_options(options: dict | None) -> dict:
     """The ``cpu_tiny`` options over their defaults (``CpuTinyOptions``), as plain data; an unknown key or a value of
-    the wrong type raises ``ValueError`` naming ``cpu_tiny.<key>``."""
-    try:
-        opts = OmegaConf.merge(OmegaConf.structured(CpuTinyOptions), options or {})
-    except OmegaConfBaseException as err:
-        raise ValueError(config_error(err, "cpu_tiny")) from None
-    return OmegaConf.to_container(opts)
+    the wrong type or a value out of range raises ``ValueError`` naming ``cpu_tiny.<key>``."""
+    return OmegaConf.to_container(OmegaConf.structured(build(CpuTinyOptions, options or {}, "cpu_tiny")))
 
 
 def _key(opts: dict) -> str:
