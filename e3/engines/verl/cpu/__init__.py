@@ -14,9 +14,13 @@ training engine, registered for cuda/npu only, on this platform). A run config s
 ``ray_kwargs.ray_init.runtime_env.env_vars`` (see ``e3/config/verl_cpu_tiny.yaml``); ``activate()`` sets it in the
 driver. ``check_supported`` refuses, before Ray starts, the settings this plugin cannot run (naming the key).
 
-Scope: verl's synchronous v1 trainer (``trainer.v1.trainer_mode=sync``, or ``e3`` built on it) with the hybrid
-engine, FSDP2 (fp32 on the CPU), one rollout process per replica (tensor parallel 1), text prompts. Any verl config
-can use it (``e3/config/cpu/plugin.yaml`` holds the settings; ``verl_cpu_grpo`` is verl's own GRPO with them).
+Scope: verl's v1 trainers that keep the actor and the rollout in one hybrid worker: ``trainer.v1.trainer_mode=sync``
+(or ``e3`` built on it) and ``colocate_async`` (partial rollouts; or ``e3_colocate_async`` built on it), with FSDP2
+(fp32 on the CPU), one rollout process per replica (tensor parallel 1), text prompts. ``separate_async`` is refused:
+it moves weights to standalone rollout replicas through a non-naive checkpoint engine, and verl's shipped ones need
+CUDA/cupy (nccl, nixl, delta_sharded), NCCL (kimi), an NPU (hccl) or the mooncake package, while the ``hf`` replica
+runs in hybrid mode only. Any verl config can use it (``e3/config/cpu/plugin.yaml`` holds the settings;
+``verl_cpu_grpo`` is verl's own GRPO with them).
 """
 
 from __future__ import annotations
@@ -60,15 +64,24 @@ def activate(env: dict | None = None) -> None:
         set_platform(CPUPlatform())  # the singleton was created before VERL_PLATFORM was set
 
 
-SYNC_TRAINERS = ("sync", "e3")  # verl's PPOTrainerSync and E3Trainer (its subclass): the hybrid engine
+# the trainers whose actor and rollout share a hybrid worker: verl's PPOTrainerSync and PPOTrainerColocateAsync, and
+# E3's trainers built on them
+TRAINERS = ("sync", "e3", "colocate_async", "e3_colocate_async")
+SEPARATE_TRAINERS = ("separate_async", "e3_separate_async")
 
 
 def check_supported(config) -> None:
     """Refuse a ``trainer.device=cpu`` config this plugin cannot run, naming the key (``ValueError``)."""
     mode = config.trainer.v1.trainer_mode
-    if mode not in SYNC_TRAINERS:
-        raise ValueError(f"trainer.v1.trainer_mode={mode}: on the CPU (e3_cpu platform) verl's synchronous trainer "
-                         f"runs, with the actor and the rollout sharing a worker: use one of {list(SYNC_TRAINERS)}")
+    if mode in SEPARATE_TRAINERS:
+        raise ValueError(f"trainer.v1.trainer_mode={mode}: not on the CPU (e3_cpu platform). It syncs weights to "
+                         "standalone rollout replicas through a non-naive checkpoint engine "
+                         "(actor_rollout_ref.rollout.checkpoint_engine.backend), and verl's shipped ones need "
+                         "CUDA/cupy, NCCL, an NPU or the mooncake package; the hf rollout runs in hybrid mode only. "
+                         f"Use one of {list(TRAINERS)}")
+    if mode not in TRAINERS:
+        raise ValueError(f"trainer.v1.trainer_mode={mode}: on the CPU (e3_cpu platform) the trainers that keep the "
+                         f"actor and the rollout in one worker run: use one of {list(TRAINERS)}")
     rollout = config.actor_rollout_ref.rollout
     if rollout.name != ROLLOUT_NAME:
         raise ValueError(f"actor_rollout_ref.rollout.name={rollout.name}: on the CPU the rollout backend is "

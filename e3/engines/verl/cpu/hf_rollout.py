@@ -17,8 +17,17 @@ verl 0.9.1 splits a rollout backend in two (its vLLM backend does the same):
   tensor raises ``WeightSyncError`` naming them (tied aliases, e.g. ``lm_head.weight`` = ``embed_tokens.weight``,
   count as received when one of them is).
 
+Partial rollouts (verl's ``colocate_async`` trainer, whose ``FullyAsyncLLMServerClient`` resumes aborted requests):
+``abort_all_requests`` stops the running ``generate`` at its next token (a ``StoppingCriteria`` watching a
+``threading.Event``), answers every unfinished request with its tokens so far and ``stop_reason="aborted"``, and closes
+a submission gate: requests arriving while paused wait for ``resume_generation`` (or, with ``reject_request=True``,
+come back at once aborted with no tokens). The client then resends prompt + tokens so far with the budget left and
+its own sampling parameters, so a trajectory's segments share its temperature; each segment's
+``extra_fields["global_steps"]`` is the version of the weights that sampled it (verl's min/max_global_steps), and the
+request log has one line per segment.
+
 Scope: one process per replica (tensor/data/pipeline parallel 1), text only, hybrid mode (the actor and the rollout
-share the worker's slot, as in verl's synchronous trainer). Anything else is refused with the config key to change.
+share the worker's slot), sync and colocate_async trainers. Anything else is refused with the config key to change.
 Options live in ``actor_rollout_ref.rollout.engine_kwargs.hf`` (next to verl's ``vllm`` / ``sglang`` sections), typed
 and checked by ``HFOptions``: ``max_batch``, ``batch_wait_ms``, ``threads``, ``request_log`` (an audit trail of what
 was sampled).
@@ -37,6 +46,7 @@ from typing import Any, Optional
 
 import ray
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.rollout.base import BaseRollout
@@ -64,8 +74,8 @@ class HFOptions:
     threads: int = checked(0, Range(ge=0))
     """Torch threads of the server (0: torch's default)."""
     request_log: Optional[str] = None
-    """A JSONL file: one line per request with the weights version, prompt ids, the sampling parameters used and the
-    tokens produced."""
+    """A JSONL file: one line per request (per segment of a resumed one) with its id, the weights version, prompt ids,
+    the sampling parameters used, the tokens produced and the stop reason (``aborted`` for a cut-off segment)."""
 
 
 def backend_options(rollout_config) -> HFOptions:
@@ -109,10 +119,22 @@ def tied_groups(model: torch.nn.Module) -> list[set[str]]:
 
 @dataclass
 class _Request:
+    request_id: str
     prompt_ids: list[int]
     params: tuple
-    future: asyncio.Future
     logprobs: bool
+    future: Optional[asyncio.Future] = None
+
+
+class StopOnEvent(StoppingCriteria):
+    """Stops every row of a ``generate`` call at its next token once ``event`` is set (``abort_all_requests``); until
+    then it stops nothing, so sampling is exactly that of a call without it."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -152,6 +174,16 @@ class HFServer:
         self._drainer: Optional[asyncio.Task] = None
         self._model_lock = threading.Lock()
         self._log_path = self.options.request_log
+        self._log_lock = threading.Lock()
+        # partial rollouts: abort_all_requests sets _abort (the running generate stops at its next token) and closes
+        # the gate (_paused); resume_generation clears both. Requests arriving while paused wait on _gate.
+        self._abort = threading.Event()
+        self._paused = False
+        self._rejecting = False
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._aborted_ids: Optional[list[str]] = None
+        self._sampling = 0  # requests in the running generate call
         torch.manual_seed(int(self.config.seed) + replica_rank)
 
     # ------------------------------------------------------------ verl's server interface
@@ -160,35 +192,46 @@ class HFServer:
         if image_data is not None or video_data is not None or kwargs.get("audio_data") is not None:
             raise ValueError(f"the {BACKEND_NAME} rollout is text-only; this request carries multimodal data")
         key = self._sampling_key(len(prompt_ids), dict(sampling_params))
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request([int(t) for t in prompt_ids], key.astuple(), future,
-                                      bool(sampling_params.get("logprobs", False))))
+        req = _Request(str(request_id), [int(t) for t in prompt_ids], key.astuple(),
+                       bool(sampling_params.get("logprobs", False)))
+        while self._paused:  # the submission gate, closed from abort_all_requests to resume_generation
+            if self._rejecting:
+                return self._unsampled(req)
+            await self._gate.wait()
+        # no await between the gate check and the enqueue: an abort either sees this request or it waited
+        req.future = asyncio.get_running_loop().create_future()
+        self._pending.append(req)
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
-        return await future
+        return await req.future
 
     async def update_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: Optional[int]) -> dict:
         """Load the actor's weights after checking every name and shape (``WeightSyncError`` otherwise)."""
         expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
         check_weight_names({k: tuple(v.shape) for k, v in named_tensors.items()}, expected, tied_groups(self.model))
-        with self._model_lock:
+        with self._model_lock:  # a sample reads the version under this lock too: its tokens carry the right one
             result = self.model.load_state_dict(named_tensors, strict=False)
-        leftover = set(result.missing_keys) - {n for g in tied_groups(self.model) for n in g}
-        if leftover or result.unexpected_keys:
-            raise WeightSyncError(f"load_state_dict left {sorted(leftover)} missing, {result.unexpected_keys} "
-                                  "unexpected after the name check passed")
-        self.weights_version = None if global_steps is None else int(global_steps)
-        self.weight_updates += 1
+            leftover = set(result.missing_keys) - {n for g in tied_groups(self.model) for n in g}
+            if leftover or result.unexpected_keys:
+                raise WeightSyncError(f"load_state_dict left {sorted(leftover)} missing, {result.unexpected_keys} "
+                                      "unexpected after the name check passed")
+            self.weights_version = None if global_steps is None else int(global_steps)
+            self.weight_updates += 1
         return {"tensors": len(named_tensors), "version": self.weights_version, "updates": self.weight_updates}
 
     async def status(self) -> dict:
-        return {"weights_version": self.weights_version, "weight_updates": self.weight_updates}
+        """The weights version and update count, whether the gate is closed, how many requests are being sampled."""
+        return {"weights_version": self.weights_version, "weight_updates": self.weight_updates,
+                "paused": self._paused, "sampling": self._sampling}
 
-    # no device memory to free or restore on the CPU; verl's sync trainer calls these around every step
     async def sleep(self):
+        """Nothing to free on the CPU: no KV cache outlives a ``generate`` call, and the weights are host memory that
+        the next ``update_weights`` overwrites in place (dropping them would only force a reload). Keeping sampling
+        off the cores while the trainer trains is the job of ``abort_all_requests``'s gate, not of sleep."""
         return None
 
     async def wake_up(self):
+        """Nothing to restore on the CPU (see ``sleep``); the weights stay loaded between steps."""
         return None
 
     async def clear_kv_cache(self):
@@ -201,9 +244,33 @@ class HFServer:
         return None
 
     async def abort_all_requests(self, reject_request: bool = False) -> dict:
-        return {"aborted_count": 0, "request_ids": []}
+        """Stop generating and pause until ``resume_generation`` (verl's colocate_async trainer, before it trains).
+
+        The running ``generate`` stops at its next token: its unfinished requests are answered with their tokens so
+        far (and their log-probs, when asked) and ``stop_reason="aborted"``, rows that already ended keep
+        ``completed`` / ``length``; queued requests that never started come back aborted with no tokens. Returns once
+        nothing runs, with the aborted requests as vLLM's server reports them: ``{"aborted_count", "request_ids"}``.
+        Requests arriving while paused wait for ``resume_generation``; with ``reject_request=True`` they (and those
+        already waiting) come back at once, aborted with no tokens. Every abort re-declares ``reject_request``.
+        """
+        self._paused, self._rejecting = True, bool(reject_request)
+        parked, self._gate = self._gate, asyncio.Event()
+        parked.set()  # requests waiting at the gate look again: with reject_request they now leave
+        self._abort.set()
+        aborted = self._aborted_ids = []
+        queued, self._pending = self._pending, []
+        for req in queued:
+            self._resolve_unsampled(req)
+        if self._drainer is not None and not self._drainer.done():
+            await asyncio.wait([self._drainer])  # the running sample stops at its next token; the rest never start
+        self._aborted_ids = None
+        return {"aborted_count": len(aborted), "request_ids": aborted}
 
     async def resume_generation(self):
+        """Open the gate closed by ``abort_all_requests``: waiting requests (the client's resends among them) run."""
+        self._abort.clear()
+        self._paused = self._rejecting = False
+        self._gate.set()
         return None
 
     async def start_profile(self, **kwargs):
@@ -245,6 +312,11 @@ class HFServer:
             for params, reqs in groups.items():
                 for start in range(0, len(reqs), max_batch):
                     chunk = reqs[start:start + max_batch]
+                    if self._abort.is_set():  # aborted before this chunk started
+                        for req in chunk:
+                            self._resolve_unsampled(req)
+                        continue
+                    self._sampling = len(chunk)
                     try:
                         outputs = await asyncio.to_thread(self._sample, params, chunk)
                     except Exception as err:  # every waiting request learns about the failure
@@ -252,9 +324,27 @@ class HFServer:
                             if not req.future.done():
                                 req.future.set_exception(err)
                         continue
+                    finally:
+                        self._sampling = 0
                     for req, out in zip(chunk, outputs):
-                        if not req.future.done():
-                            req.future.set_result(out)
+                        self._resolve(req, out)
+
+    def _resolve(self, req: _Request, out: TokenOutput) -> None:
+        if out.stop_reason == "aborted" and self._aborted_ids is not None:
+            self._aborted_ids.append(req.request_id)
+        if not req.future.done():
+            req.future.set_result(out)
+
+    def _resolve_unsampled(self, req: _Request) -> None:
+        self._resolve(req, self._unsampled(req))
+
+    def _unsampled(self, req: _Request) -> TokenOutput:
+        """The answer to a request aborted before any of its tokens was sampled (logged like any segment)."""
+        version = self.weights_version
+        if self._log_path:
+            self._log(req, req.params, [], "aborted", version)
+        return TokenOutput(token_ids=[], log_probs=[] if req.logprobs else None, stop_reason="aborted",
+                           extra_fields={"global_steps": version})
 
     @torch.no_grad()
     def _sample(self, params: tuple, reqs: list[_Request]) -> list[TokenOutput]:
@@ -274,7 +364,9 @@ class HFServer:
             min_new_tokens=1, eos_token_id=self.eos_id, pad_token_id=self.pad_id, bos_token_id=None,
             return_dict_in_generate=True, output_logits=any(r.logprobs for r in reqs))
         with self._model_lock:
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+            version = self.weights_version
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
+                                      stopping_criteria=StoppingCriteriaList([StopOnEvent(self._abort)]))
         new = out.sequences[:, width:]
         logprobs = None
         if out.logits is not None:
@@ -286,24 +378,25 @@ class HFServer:
         for i, r in enumerate(reqs):
             tokens = new[i].tolist()
             stop = "length"
-            if self.eos_id in tokens:
+            if self.eos_id in tokens:  # pads follow a row's EOS when the batch ran on
                 tokens = tokens[: tokens.index(self.eos_id) + 1]
                 stop = "completed"
+            elif len(tokens) < max_tokens:  # only an abort stops a row before its EOS or its budget
+                stop = "aborted"
             lp = logprobs[i, : len(tokens)].tolist() if (logprobs is not None and r.logprobs) else None
-            version = self.weights_version
             results.append(TokenOutput(token_ids=tokens, log_probs=lp, stop_reason=stop,
                                        extra_fields={"global_steps": version}))
             if self._log_path:
-                self._log(r, params, tokens, stop)
+                self._log(r, params, tokens, stop, version)
         return results
 
-    def _log(self, req: _Request, params: tuple, tokens: list[int], stop: str) -> None:
+    def _log(self, req: _Request, params: tuple, tokens: list[int], stop: str, version: Optional[int]) -> None:
         temperature, top_p, top_k, repetition_penalty, max_tokens = params
-        record = {"time": time.time(), "replica": self.replica_rank, "weights_version": self.weights_version,
-                  "prompt_ids": req.prompt_ids, "temperature": temperature, "top_p": top_p, "top_k": top_k,
-                  "repetition_penalty": repetition_penalty, "max_tokens": max_tokens, "response_ids": tokens,
-                  "stop_reason": stop}
-        with open(self._log_path, "a", encoding="utf-8") as fh:
+        record = {"time": time.time(), "replica": self.replica_rank, "request_id": req.request_id,
+                  "weights_version": version, "prompt_ids": req.prompt_ids, "temperature": temperature,
+                  "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty, "max_tokens": max_tokens,
+                  "response_ids": tokens, "stop_reason": stop}
+        with self._log_lock, open(self._log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
 
@@ -361,7 +454,7 @@ class HFReplica(RolloutReplica):
     async def launch_servers(self):
         if self.rollout_mode != RolloutMode.HYBRID:
             raise NotImplementedError(f"actor_rollout_ref.rollout.name={BACKEND_NAME} runs in hybrid mode only "
-                                      f"(verl's sync trainer); got {self.rollout_mode}")
+                                      f"(verl's sync and colocate_async trainers); got {self.rollout_mode}")
         if self.world_size != 1:
             raise ValueError(f"actor_rollout_ref.rollout.name={BACKEND_NAME}: tensor_model_parallel_size, "
                              "data_parallel_size and pipeline_model_parallel_size must be 1 "
