@@ -22,10 +22,11 @@ def test_pinned_version():
 
 
 def test_the_runtime_guard_passes_on_the_pinned_verl():
-    from e3.engines.verl.internals import VERL_VERSION, check_verl_internals
+    from e3.engines.verl.internals import VERL_VERSION, check_colocate_async, check_verl_internals
 
     assert VERL_VERSION == importlib.metadata.version("verl")
     check_verl_internals()  # the trainer hooks, TransferQueue fields, __rollout_n__, __ray_actor_class__
+    check_colocate_async()  # and what E3ColocateAsyncTrainer relies on
 
 
 def _run_prompt_without_rollout_n(self, prompt, sampling_params, trajectory, trace=False):
@@ -152,7 +153,8 @@ def test_harness_symbols():
     assert {"token_ids", "extra_fields"} <= set(TokenOutput.model_fields)
 
 
-@pytest.mark.parametrize("module", ["e3.engines.verl.trainer", "e3.engines.verl.rollout", "e3.engines.verl.runner",
+@pytest.mark.parametrize("module", ["e3.engines.verl.trainer", "e3.engines.verl.trainer_async",
+                                    "e3.engines.verl.inflight", "e3.engines.verl.rollout", "e3.engines.verl.runner",
                                     "e3.engines.verl.rollouts", "e3.engines.verl.configs",
                                     "e3.engines.verl.launch", "e3.main_train"])
 def test_adapter_modules_import(module):

@@ -8,7 +8,8 @@ the reward-loop worker with our reward, tracking (console/file/tensorboard) — 
 - the LLM server (``ScriptedServer``): answers every request with a scripted response (and, when asked, its
   log-probs under the tiny model at the request's temperature), records the sampling params, can fail requests;
 - the FSDP actor (and reference) worker group (``TinyActorGroup``): log-probs and entropies of the real tokens under
-  a tiny randomly initialised Qwen2 built from a config (logits / the temperature verl passes), split over ``dp``
+  a tiny randomly initialised Qwen2 built from a config (logits / the temperature verl passes, or each row's own
+  ``temperature`` field when the batch carries no batch-wide one, as verl's engine does), split over ``dp``
   data-parallel ranks with verl's own ``KVBatchMeta.chunk`` as verl's dispatch does; records every call;
 - the weight-sync / resource-pool managers (no GPUs to sync or count).
 
@@ -175,7 +176,8 @@ class TinyActorGroup:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.dp = int(dp)
         self._dispatch_info = {"actor": list(range(self.dp))}
-        self.calls: list[tuple[str, float]] = []
+        self.calls: list[tuple[str, float]] = []  # (call, extra_info["temperature"]; None when verl's was dropped)
+        self.row_taus: list[tuple[str, list[str], list[float]]] = []  # (call, keys, the tau each row is scored at)
         self.saved: list[str] = []
         self.loaded: list[str] = []
         self.advantages: list = []
@@ -190,17 +192,35 @@ class TinyActorGroup:
         self.rank_sizes.append((name, [len(s) for s in shards]))
         return shards
 
+    def _row_taus(self, name: str, batch, fetched=None) -> list[float]:
+        """Each row's tau as verl's worker sees it: ``extra_info["temperature"]`` replaces a per-row ``temperature``
+        field when set; without it (``e3_colocate_async``) the rows' own field. Recorded in ``row_taus``."""
+        import transfer_queue as tq
+
+        tau = batch.extra_info.get("temperature")
+        if tau is not None:
+            taus = [float(tau)] * len(batch)
+        else:
+            data = fetched if fetched is not None else tq.kv_batch_get(
+                keys=batch.keys, partition_id=batch.partition_id, select_fields=["temperature"])
+            taus = data["temperature"].tolist()
+        self.row_taus.append((name, list(batch.keys), taus))
+        return taus
+
     @torch.no_grad()
     def _log_probs(self, name: str, batch, with_entropy: bool):
         import transfer_queue as tq
 
-        tau = batch.extra_info["temperature"]
+        tau = batch.extra_info.get("temperature")
         self.calls.append((name, tau))
         for shard in self._ranks(name, batch):
             if not len(shard):
                 continue
-            data = tq.kv_batch_get(keys=shard.keys, partition_id=shard.partition_id, select_fields=["input_ids"])
-            logps, ents = zip(*(token_log_probs(self.model, ids, float(tau)) for ids in data["input_ids"].unbind()))
+            fields = ["input_ids"] if tau is not None else ["input_ids", "temperature"]
+            data = tq.kv_batch_get(keys=shard.keys, partition_id=shard.partition_id, select_fields=fields)
+            taus = self._row_taus(name, shard, data)
+            rows = zip(data["input_ids"].unbind(), taus)
+            logps, ents = zip(*(token_log_probs(self.model, ids, t) for ids, t in rows))
             fields = {"log_probs": torch.nested.as_nested_tensor(list(logps), layout=torch.jagged)}
             if with_entropy:
                 fields["entropy"] = torch.nested.as_nested_tensor(list(ents), layout=torch.jagged)
@@ -217,7 +237,8 @@ class TinyActorGroup:
     def update_actor(self, batch):
         import transfer_queue as tq
 
-        self.calls.append(("update_actor", batch.extra_info["temperature"]))
+        self.calls.append(("update_actor", batch.extra_info.get("temperature")))
+        self._row_taus("update_actor", batch)
         mini = int(batch.extra_info["mini_batch_size"])
         assert mini % self.dp == 0, f"mini_batch_size={mini} does not divide over dp={self.dp}"
         per_rank = mini // self.dp
@@ -237,10 +258,12 @@ class TinyActorGroup:
 
 
 class NoWeightSync:
-    """Weight sync without GPUs: only the server's weights version moves, as after verl's update_weights."""
+    """Weight sync without GPUs: only the server's weights version moves, as after verl's update_weights. The
+    colocate_async trainer's abort / resume of generation around the update are recorded in ``events``."""
 
     def __init__(self, server: ScriptedServer):
         self.server = server
+        self.events: list[str] = []
 
     def update_weights(self, global_steps=None):
         if global_steps is not None:
@@ -249,6 +272,12 @@ class NoWeightSync:
     def sleep_replicas(self):
         pass
 
+    def abort_replicas(self, reject_request: bool = False):
+        self.events.append("abort")
+
+    def resume_generation_replicas(self):
+        self.events.append("resume")
+
 
 class OneDevice:
     def get_n_gpus(self) -> int:
@@ -256,9 +285,10 @@ class OneDevice:
 
 
 def assemble(trainer, model_dir: Path, server: ScriptedServer, dp: int = 1, ref_model_dir: Path | None = None):
-    """Initialise a constructed ``E3Trainer`` like ``PPOTrainer._setup`` does, with the GPU pieces replaced.
+    """Initialise a constructed E3 trainer like ``PPOTrainer._setup`` does, with the GPU pieces replaced.
 
-    Runs the real ``_init_tokenizer``, ``_init_dataloader``, ``_load_checkpoint`` and ``on_init_end``; returns the
+    Runs the real ``_init_tokenizer``, ``_init_dataloader``, ``_load_checkpoint`` (then, for
+    ``E3ColocateAsyncTrainer``, its wrapping of the worker-group calls) and ``on_init_end``; returns the
     agent loop to pass to ``fit``. ``dp``: data-parallel ranks of the actor group; ``ref_model_dir``: the reference
     policy's model (needed when the config enables one, e.g. ``algorithm.use_kl_in_reward``).
     """
@@ -284,6 +314,8 @@ def assemble(trainer, model_dir: Path, server: ScriptedServer, dp: int = 1, ref_
 
     trainer.reward_loop_manager = Rewards()
     trainer._load_checkpoint()
+    if hasattr(trainer, "use_per_sample_temperature"):  # what E3ColocateAsyncTrainer._setup does after verl's
+        trainer.use_per_sample_temperature()
     agent_loop.worker = E3AgentLoopWorkerImpl(copy.deepcopy(trainer.config), server, None, [reward])
     trainer.on_init_end()  # verl: sync the (restored) weights to the rollout replicas
     return agent_loop
@@ -349,8 +381,8 @@ def three_step_overrides(workdir: Path, model: Path, ckpt: str) -> list[str]:
             f"trainer.default_local_dir={workdir / ckpt}"]
 
 
-def spy_trainer_cls():
-    """E3Trainer plus a record of what each step decided and wrote (no behaviour change).
+def spy_trainer_cls(base=None):
+    """``base`` (default E3Trainer) plus a record of what each step decided and wrote (no behaviour change).
 
     ``plans``: the prompts, budgets and temperature column of every ``_next_train_batch`` call (refills included),
     with the scheduler's exact tau beside the emitted one;
@@ -362,7 +394,7 @@ def spy_trainer_cls():
 
     from e3.engines.verl.trainer import E3Trainer
 
-    class Spy(E3Trainer):
+    class Spy(base or E3Trainer):
         def __init__(self, config, server):
             super().__init__(config)
             self.server, self.plans, self.adv_rows, self.entropy_rows = server, [], [], []

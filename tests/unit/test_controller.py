@@ -334,3 +334,25 @@ def test_scheduler_off_takes_a_tau_0_outside_the_clamps():
     assert ctl.plan(PROMPTS[:8]).temperature == 0.3
     with pytest.raises(ValueError, match="e3.temperature.init_temperature"):
         E3Config.from_dict({"temperature": {"init_temperature": 0.3}})  # scheduler on: within [tau_min, tau_max]
+
+
+def test_plans_ahead_of_the_observations_leave_the_observation_unchanged():
+    """verl's colocate_async dispatches before it trains (warm-up and step 1 both plan before step 1 trains, and
+    each later step plans its dispatch before training an older one): a plan that no observe follows changes
+    neither the step counter, the scheduler nor the difficulty records; ``rollout/temperature`` reports the latest
+    plan (so the asynchronous trainer logs the tau of what it trained itself)."""
+    ahead, plain = make(), make()
+    warmup, first = ahead.plan(PROMPTS[:8]), ahead.plan(PROMPTS[8:16])
+    assert warmup.total == first.total == 8 * N and warmup.temperature == first.temperature == 1.0
+    only = plain.plan(PROMPTS[:8])
+    assert only.n_per_prompt.tolist() == warmup.n_per_prompt.tolist()
+    rows = warmup.rollout_indices()
+    scores = (np.arange(rows.size) % 3 == 0).astype(float)
+    m_ahead, m_plain = ahead.observe(rows, scores, 1.2), plain.observe(rows, scores, 1.2)
+    assert ahead.step == plain.step == 1
+    assert ahead.scheduler.state_dict() == plain.scheduler.state_dict()
+    assert ahead.allocator.tracker.state_dict() == plain.allocator.tracker.state_dict()
+    assert ahead.allocator.tracker.counts(PROMPTS[8:16]).tolist() == [0] * 8  # planned, not yet trained
+    same = {k for k in m_plain if not k.startswith(("rollout/n_", "allocation/"))}
+    assert {k: m_ahead[k] for k in same} == {k: m_plain[k] for k in same}
+    assert m_ahead["rollout/temperature"] == first.temperature

@@ -1,6 +1,9 @@
 """The verl 0.9.1 adapter: E3 / PREPO as a recipe on the released verl, nothing vendored.
 
-- ``trainer``:  ``E3Trainer``, verl's v1 sync trainer carrying the E3 controller, registered as ``e3``.
+- ``trainer``:  ``E3Trainer``, verl's v1 sync trainer carrying the E3 controller (``E3TrainerMixin``), registered as
+  ``e3``.
+- ``trainer_async``: ``E3ColocateAsyncTrainer``, the same on verl's colocate_async trainer, ``e3_colocate_async``;
+  ``inflight`` holds its pure pieces (the record of prompts in generation).
 - ``rollout``:  ``E3AgentLoopManager`` / ``E3AgentLoopWorker``, verl's agent loop plus a per-prompt temperature.
 - ``rollouts``: pure helpers that turn TransferQueue rows into per-rollout arrays and back.
 - ``validation``: E3's validation metrics on verl's (``val/accuracy``, the unbiased ``val/pass@K``).

@@ -1,7 +1,8 @@
 """The verl 0.9.1 internals the E3 adapter overrides or reads, checked at run time before the trainer is built.
 
 verl is pinned exactly (``verl[verl-core]==0.9.1``), but an environment can still hold another verl (a cluster image,
-a user's upgrade). The adapter subclasses verl's sync trainer and overrides its hooks, reads fields verl writes to
+a user's upgrade). The adapter subclasses verl's sync trainer (and, ``check_colocate_async``, its colocate_async
+trainer, with a per-sample temperature on the training calls) and overrides its hooks, reads fields verl writes to
 TransferQueue, relies on verl's agent loop popping the ``__rollout_n__`` column, and subclasses a Ray actor class
 through ``__ray_actor_class__``. ``check_verl_internals()`` (called by ``E3Trainer.__init__``, on every device)
 checks each of these against the installed verl and raises ``VerlInternalsChanged`` naming the symbol, what changed
@@ -149,6 +150,76 @@ def check_agent_loop() -> None:
         raise changed("verl.trainer.main_ppo.TaskRunnerV1.run", "is gone")
     _require_source(run, "get_trainer_cls(config.trainer.v1.trainer_mode)", "verl.trainer.main_ppo.TaskRunnerV1.run",
                     "the `e3` trainer is found through verl's trainer registry")
+
+
+# The training calls whose batch-wide temperature E3ColocateAsyncTrainer drops: PPOTrainer method -> the call in it.
+PER_SAMPLE_TEMPERATURE_CALLS = {
+    "_compute_old_log_prob": "self.actor_rollout_wg.compute_log_prob(batch)",
+    "_compute_ref_log_prob": "self.ref_policy_wg.compute_ref_log_prob(batch)",
+    "_update_actor": "self.actor_rollout_wg.update_actor(batch)",
+}
+
+
+def _require_module_text(module: str, needle: str, meaning: str) -> None:
+    """Like ``_require_source`` for a module read as text, not imported (verl's worker-side modules import the
+    training engines, which the driver does not need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise changed(module, "is gone")
+    with open(spec.origin, encoding="utf-8") as handle:
+        if needle not in handle.read():
+            raise changed(module, f"no longer contains `{needle}` ({meaning})")
+
+
+def check_colocate_async() -> None:
+    """verl's colocate_async trainer, for ``E3ColocateAsyncTrainer``: the registry, the hooks E3 overrides there, the
+    dispatch paths (warm-up, refill), the prompt columns kept for a resume, and the per-sample temperature path
+    (the worker-group calls it wraps, how verl hands ``extra_info`` to the worker, the engine's per-row tau)."""
+    from verl.single_controller.base.worker_group import WorkerGroup
+    from verl.trainer.ppo.v1 import trainer_base
+    from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
+    from verl.utils import transferqueue_utils
+
+    check_version()
+    where, base = "verl.trainer.ppo.v1.trainer_colocate_async.PPOTrainerColocateAsync", trainer_base.PPOTrainer
+    if trainer_base.get_trainer_cls("colocate_async") is not PPOTrainerColocateAsync:
+        raise changed("verl.trainer.ppo.v1.trainer_base.get_trainer_cls('colocate_async')",
+                      "is no longer PPOTrainerColocateAsync")
+    for name, params in {**TRAINER_HOOKS, "_setup": ["self"]}.items():
+        _require_method(PPOTrainerColocateAsync, name, params, where)
+    at = "verl.trainer.ppo.v1.trainer_base.PPOTrainer"
+    _require_source(PPOTrainerColocateAsync.on_train_begin, "self._add_async_warmup_batches(",
+                    f"{where}.on_train_begin", "the warm-up batches are dispatched before step 1")
+    for name, needle, meaning in (
+            ("_add_async_warmup_batches", "self._add_prompts_to_generate(",
+             "the warm-up dispatch goes through the hook E3 plans budgets in"),
+            ("_build_replay_buffer", "refill_fn=self._add_prompts_to_generate",
+             "verl's refills of evicted groups go through that hook"),
+            ("_submit_batch_to_rollout", "fields=batch.select(",
+             "an async dispatch keeps the prompt columns (budget, tau) in TransferQueue for a resume"),
+            ("_reissue_inflight_prompts", "tq.kv_batch_get(keys=inflight_uids",
+             "a resume re-issues the in-flight prompts with their stored columns"),
+            ("_setup", "self.ref_policy_wg = ", "E3 wraps the worker groups' training calls after _setup"),
+            *((method, call, "E3 drops the batch-wide temperature of that worker-group call")
+              for method, call in PER_SAMPLE_TEMPERATURE_CALLS.items())):
+        fn = getattr(base, name, None)
+        if fn is None:
+            raise changed(f"{at}.{name}", "is gone")
+        _require_source(fn, needle, f"{at}.{name}", meaning)
+    _require_source(WorkerGroup._bind_worker_method, "setattr(self, method_name, func)",
+                    "verl.single_controller.base.worker_group.WorkerGroup._bind_worker_method",
+                    "worker-group calls are instance attributes E3 can wrap")
+    _require_source(transferqueue_utils._async_meta_to_realdata, "tu.assign_non_tensor_data(",
+                    "verl.utils.transferqueue_utils._async_meta_to_realdata",
+                    "an extra_info value replaces the per-sample field of that name on the worker")
+    for name in ("compute_log_prob", "update_actor", "compute_ref_log_prob"):
+        _require_module_text("verl.workers.engine_workers", f"def {name}(self, data: TensorDict)",
+                             f"ActorRolloutRefWorker.{name} is the worker method behind the wrapped call")
+    for needle in ('temperature = micro_batch["temperature"]', "if not isinstance(temperature, torch.Tensor):"):
+        _require_module_text("verl.workers.engine.fsdp.transformer_impl", needle,
+                             "the FSDP engine divides each row's logits by that row's `temperature` field")
 
 
 def check_verl_internals() -> None:

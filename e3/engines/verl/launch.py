@@ -3,7 +3,8 @@
 ``run`` prepares a ``trainer.device=cpu`` config (the ``e3.engines.verl.cpu`` plugin activated before verl starts;
 ``verl_cpu_tiny``'s assets built, its summary printed at the end), checks on the driver what must fail in seconds
 (``preflight``: required keys, the trainer, the ``e3:`` section, the device, verl's ``validate_config``) and starts
-verl's ``run_ppo`` with ``E3TaskRunner`` for the ``e3`` trainer or verl's own ``TaskRunnerV1`` for its v1 trainers.
+verl's ``run_ppo`` with ``E3TaskRunner`` for the E3 trainers (``e3``, ``e3_colocate_async``) or verl's own
+``TaskRunnerV1`` for its v1 trainers.
 
 GPUs are counted where verl runs, on its Ray cluster: a driver without a GPU that names a cluster
 (``+ray_kwargs.ray_init.address=HEAD:PORT``, or ``RAY_ADDRESS``) starts, and once ``run_ppo`` has connected Ray the
@@ -71,19 +72,19 @@ class ClusterCheckedRunner:
 
 def preflight(config) -> None:
     """Checks that must fail on the driver, in seconds, before Ray starts: the trainer, the ``e3:`` section (for the
-    ``e3`` trainer), the device (no GPU here and no Ray cluster to join; a cluster's GPUs are counted once Ray
+    E3 trainers), the device (no GPU here and no Ray cluster to join; a cluster's GPUs are counted once Ray
     connects, see ``check_cluster_gpus``), the attention fallback, verl's own ``validate_config``."""
     import ray
     import torch
 
-    from e3.engines.verl.trainer import TRAINER_NAME, check_supported, e3_config_from
+    from e3.engines.verl.trainer import E3_TRAINERS, check_supported, e3_config_from
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
     check_required(config)
     mode = check_trainer_mode(config)
-    if mode == TRAINER_NAME:
+    if mode in E3_TRAINERS:
         check_supported(config, e3_config_from(config))
     auto_set_device(config)
     if config.trainer.device == "cuda" and not torch.cuda.is_available() and ray_address(config) is None \
@@ -109,16 +110,21 @@ def check_required(config) -> None:
 
 
 def check_trainer_mode(config) -> str:
-    """``trainer.v1.trainer_mode``: ``e3`` (the E3 trainer) or another trainer of verl's v1 registry (stock verl,
-    e.g. ``sync``); verl's legacy trainer (``trainer.use_v1=false``) is not run here."""
-    from e3.engines.verl.trainer import TRAINER_NAME
+    """``trainer.v1.trainer_mode``: an E3 trainer (``e3``, ``e3_colocate_async``) or another trainer of verl's v1
+    registry (stock verl, e.g. ``sync``); verl's legacy trainer (``trainer.use_v1=false``) is not run here, nor
+    separate_async or verl's own colocate_async with an ``e3:`` section (``trainer.check_e3_trainer_mode``)."""
+    from e3.engines.verl.trainer import E3_TRAINERS, check_e3_trainer_mode
     from verl.trainer.ppo.v1 import trainer_base
 
     if not config.trainer.use_v1:
         raise ConfigError("trainer.use_v1=false: e3.main_train runs verl's v1 trainers (trainer.use_v1=true); verl's "
                           "legacy trainer runs with python -m verl.trainer.main_ppo")
     mode = str(config.trainer.v1.trainer_mode)
-    known = sorted(set(trainer_base.TRAINER_REGISTRY) | {TRAINER_NAME})
+    try:
+        check_e3_trainer_mode(mode, has_e3_section=config.get("e3") is not None)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    known = sorted(set(trainer_base.TRAINER_REGISTRY) | set(E3_TRAINERS))
     if mode not in known:
         raise ConfigError(f"trainer.v1.trainer_mode={mode}: not a verl v1 trainer (known: {', '.join(known)})")
     return mode
@@ -183,17 +189,17 @@ def attention_fallback(config) -> list[str]:
 
 def run(config) -> None:
     """Preflight, then verl's ``run_ppo`` with the task runner (its GPUs counted once verl has connected Ray):
-    ``E3TaskRunner`` as a 1-CPU Ray actor for the ``e3`` trainer, verl's own ``TaskRunnerV1`` for verl's trainers."""
+    ``E3TaskRunner`` as a 1-CPU Ray actor for the E3 trainers, verl's own ``TaskRunnerV1`` for verl's trainers."""
     import ray
     from omegaconf import OmegaConf
 
     from e3.engines.verl.runner import E3TaskRunner
-    from e3.engines.verl.trainer import TRAINER_NAME
+    from e3.engines.verl.trainer import E3_TRAINERS
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
 
     run_dir = prepare_cpu(config)
     preflight(config)
-    runner = ray.remote(num_cpus=1)(E3TaskRunner) if config.trainer.v1.trainer_mode == TRAINER_NAME else TaskRunnerV1
+    runner = ray.remote(num_cpus=1)(E3TaskRunner) if config.trainer.v1.trainer_mode in E3_TRAINERS else TaskRunnerV1
     env_vars = OmegaConf.select(config, "ray_kwargs.ray_init.runtime_env.env_vars", default=None)
     metrics = (env_vars or {}).get("VERL_FILE_LOGGER_PATH") or os.environ.get("VERL_FILE_LOGGER_PATH")
     if metrics and "file" in list(config.trainer.get("logger") or []):  # verl's file logger opens it, folder or not

@@ -78,6 +78,29 @@ def row_means(nested: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
+def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dict] | None = None,
+                        select=None) -> float:
+    """Token mean of a jagged per-token field over the response tokens of the real rows (E3 Eq. 4's H_t).
+
+    sum over rows r not tagged ``is_padding`` (and, with ``select``, one bool per row, only the rows it marks) and
+    tokens t of values[r, t] * mask[r, t], divided by the number of such tokens; NaN when there is none (the
+    scheduler then keeps tau and counts an invalid entropy).
+    """
+    rows = list(zip(values.unbind(), mask.unbind()))
+    tags = tags if tags is not None else [{} for _ in rows]
+    select = [True] * len(rows) if select is None else [bool(s) for s in select]
+    if len(tags) != len(rows) or len(select) != len(rows):
+        raise ValueError(f"{len(rows)} rows but {len(tags)} tags and {len(select)} selected flags")
+    total, count = 0.0, 0.0
+    for (v, m), tag, chosen in zip(rows, tags, select):
+        if tag.get("is_padding", False) or not chosen:
+            continue
+        m = m.to(torch.float64)
+        total += float((v.to(torch.float64) * m).sum())
+        count += float(m.sum())
+    return total / count if count > 0 else float("nan")
+
+
 def broadcast_to_tokens(values, mask: torch.Tensor) -> torch.Tensor:
     """One value per row -> a jagged float32 tensor shaped like ``mask`` (value x mask on every token)."""
     values = np.asarray(values, dtype=np.float64).ravel()

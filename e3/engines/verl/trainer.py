@@ -1,7 +1,9 @@
 """E3 / PREPO as a verl 0.9.1 v1 trainer, registered as ``e3`` (``trainer.v1.trainer_mode=e3``).
 
-A thin subclass of verl's synchronous trainer that carries the controller's decisions; no verl file is copied.
-Per step of verl's ``PPOTrainer.fit`` loop:
+``E3TrainerMixin`` carries the controller's decisions on verl's ``PPOTrainer`` hooks; ``E3Trainer`` is it on verl's
+synchronous trainer. The same mixin on verl's colocate_async trainer is ``e3_colocate_async``
+(``e3.engines.verl.trainer_async``, which says what each decision means under asynchrony). No verl file is copied.
+Per step of verl's ``PPOTrainer.fit`` loop (sync):
 
 - ``on_step_begin``: tau_t (E3 Eq. 4-5) -> ``actor_rollout_ref.rollout.temperature`` on the driver. verl's trainer
   copies that value into ``batch.extra_info["temperature"]`` for the old-log-prob, ref and update passes, and the
@@ -38,9 +40,11 @@ Per step of verl's ``PPOTrainer.fit`` loop:
   the controller state too.
 
 The constructor first checks the verl internals all of this relies on (``e3.engines.verl.internals``). Refused in
-``check_supported`` (called by ``launch.preflight`` and by the constructor, before any worker): e3 keys
-that contradict the verl key they follow (``VERL_SOURCES``),
-``trainer.v1.sync.parameter_sync_step`` != 1, ``rollout_correction.bypass_mode`` with the scheduler or the PREPO
+``check_supported`` (called by ``launch.preflight`` and by the constructor, before any worker): a trainer mode E3
+does not run in (``check_e3_trainer_mode``: verl's separate_async; verl's own colocate_async with an ``e3:`` section),
+e3 keys that contradict the verl key they follow (``VERL_SOURCES``),
+``trainer.v1.<mode>.parameter_sync_step`` != 1, fused kernels in colocate_async (one tau per batch there),
+``rollout_correction.bypass_mode`` with the scheduler or the PREPO
 weights, an ``hdfs://`` ``default_hdfs_dir`` without an ``hdfs`` client, estimators other than GRPO, ``rollout.n``
 outside the allocation bounds, and the online curriculum.
 """
@@ -65,8 +69,8 @@ from e3.schema import E3Config
 from e3.controller import E3Controller
 from e3.engines.verl.rollout import ROLLOUT_N_KEY, TEMPERATURE_KEY
 from e3.engines.verl.internals import check_verl_internals
-from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, row_lengths, row_means, row_sums,
-                                      scatter_to_rows, split_key)
+from e3.engines.verl.rollouts import (broadcast_to_tokens, final_sessions, response_token_mean, row_lengths,
+                                      row_means, row_sums, scatter_to_rows, split_key)
 from e3.engines.verl.validation import validation_metrics
 from e3.io import atomic_path
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -78,6 +82,9 @@ from verl.utils.dataset.rl_dataset import collate_fn
 logger = logging.getLogger(__name__)
 
 TRAINER_NAME = "e3"
+ASYNC_TRAINER_NAME = "e3_colocate_async"  # e3.engines.verl.trainer_async.E3ColocateAsyncTrainer
+# E3's registry names -> the verl mode each runs (its ``trainer_mode``, what verl branches on)
+E3_TRAINERS = {TRAINER_NAME: "sync", ASYNC_TRAINER_NAME: "colocate_async"}
 CONTROLLER_FILE = "e3_controller.pt"
 STATE_FORMAT = 2  # 2: the offline curriculum's state inside the controller's
 
@@ -137,8 +144,39 @@ def logits_dtype(config) -> str:
     return next(d for d in ("bf16", "fp16", "fp32") if d in found)
 
 
+def check_e3_trainer_mode(mode: str, has_e3_section: bool) -> None:
+    """Refuse a ``trainer.v1.trainer_mode`` under which E3 would not run, or would run wrongly (``ValueError``).
+
+    verl's own ``colocate_async`` with an ``e3:`` section would train plain GRPO and ignore the section; E3 in that
+    trainer is ``e3_colocate_async``. verl's ``separate_async`` (or an ``e3_separate_async``) is refused outright.
+    """
+    separate = mode in ("separate_async", "e3_separate_async")
+    if separate and (has_e3_section or mode.startswith("e3")):
+        raise ValueError(
+            f"trainer.v1.trainer_mode={mode}: E3 does not run in verl's separate_async trainer. E3 observes once "
+            "per rollout batch (one difficulty update, one temperature step, one budget plan per batch), while "
+            "separate_async runs trainer.v1.separate_async.parameter_sync_step sub-steps per global step (old-log-"
+            "prob pass, advantages and update k times, Decoupled PPO against a saved pi_old) on standalone rollout "
+            "replicas fed by a non-naive checkpoint engine. Use trainer.v1.trainer_mode=e3 (verl's sync trainer) or "
+            f"{ASYNC_TRAINER_NAME} (verl's colocate_async trainer)")
+    if mode == "colocate_async" and has_e3_section:
+        raise ValueError(
+            "trainer.v1.trainer_mode=colocate_async runs verl's own trainer, which ignores the e3: section (plain "
+            f"GRPO, no E3); for E3 in verl's colocate_async trainer set trainer.v1.trainer_mode={ASYNC_TRAINER_NAME}")
+
+
+def e3_verl_mode(config) -> str:
+    """The verl mode (``sync`` / ``colocate_async``) the E3 trainer named by ``trainer.v1.trainer_mode`` runs."""
+    mode = str(OmegaConf.select(config, "trainer.v1.trainer_mode", default=TRAINER_NAME))
+    check_e3_trainer_mode(mode, has_e3_section=True)
+    if mode not in E3_TRAINERS:
+        raise ValueError(f"trainer.v1.trainer_mode={mode}: not an E3 trainer (E3 trainers: {', '.join(E3_TRAINERS)})")
+    return E3_TRAINERS[mode]
+
+
 def check_supported(config, cfg: E3Config) -> None:
     """Refuse, before any worker starts, the verl settings this adapter cannot honour (each message names the key)."""
+    mode = e3_verl_mode(config)
     estimator = str(config.algorithm.adv_estimator)
     if estimator != "grpo":
         raise ValueError(f"algorithm.adv_estimator={estimator!r}: the e3 trainer computes GRPO advantages over "
@@ -151,13 +189,20 @@ def check_supported(config, cfg: E3Config) -> None:
     if cfg.weighting.enable and bypass:
         raise ValueError("algorithm.rollout_correction.bypass_mode=true skips the old-log-prob pass, so verl writes "
                          "no `entropy` field and the PREPO weights (e3.weighting) have no input; disable one of them")
-    sync_steps = OmegaConf.select(config, "trainer.v1.sync.parameter_sync_step", default=1)
+    sync_steps = OmegaConf.select(config, f"trainer.v1.{mode}.parameter_sync_step", default=1)
     if sync_steps is not None and int(sync_steps) != 1:
-        raise ValueError(f"trainer.v1.sync.parameter_sync_step={sync_steps}: verl would run that many sub-steps "
+        raise ValueError(f"trainer.v1.{mode}.parameter_sync_step={sync_steps}: verl would run that many sub-steps "
                          "(old-log-prob pass, advantages, update) per global step, each under an already-updated "
                          "policy, so the E3 controller would observe k times per rollout batch (annealing, epochs "
                          "and budgets k times too fast) or step tau on entropies of policies that did not sample; "
-                         "the e3 trainer needs parameter_sync_step=1")
+                         f"the {config.trainer.v1.trainer_mode} trainer needs parameter_sync_step=1")
+    if mode != "sync":
+        for key in ("actor_rollout_ref.model.use_fused_kernels", "actor_rollout_ref.actor.use_fused_kernels"):
+            if OmegaConf.select(config, key, default=False):
+                raise ValueError(f"{key}=true: verl's fused kernels take one temperature per batch (FSDP: 'use_fused_"
+                                 "kernels does not support per sample temperature yet'), and in "
+                                 f"{ASYNC_TRAINER_NAME} each rollout is trained at the tau it was sampled with "
+                                 "(a batch mixes rollouts of several steps); set it to false")
     remote = OmegaConf.select(config, "trainer.default_hdfs_dir", default=None)
     if remote is not None and str(remote).startswith("hdfs://") and shutil.which("hdfs") is None:
         raise ValueError(f"trainer.default_hdfs_dir={remote}: no `hdfs` command on PATH, so the controller state "
@@ -219,7 +264,8 @@ def scalar_metrics(metrics: dict) -> dict:
 
     The per-prompt budget lists ``rollout/n_hist`` (planned) and ``rollout/n_trained_hist`` (trained) become counts
     ``rollout/n_count/<n>`` and ``rollout/n_trained_count/<n>`` for every n between the smallest and largest value
-    of the step; other non-scalars are dropped.
+    of the step (any ``rollout/*_hist`` list alike, e.g. colocate_async's ``rollout/tau_lag_hist``); other
+    non-scalars are dropped.
     """
     out = {}
     for key, value in metrics.items():
@@ -268,26 +314,6 @@ def check_decisions(uids, budgets, temperatures) -> None:
             raise ValueError(f"E3 planned {TEMPERATURE_KEY}={tau!r} for prompt uid={uid}: must be finite and > 0")
 
 
-def response_token_mean(values: torch.Tensor, mask: torch.Tensor, tags: list[dict] | None = None) -> float:
-    """Token mean of a jagged per-token field over the response tokens of the real rows (E3 Eq. 4's H_t).
-
-    sum over rows r not tagged ``is_padding`` and tokens t of values[r, t] * mask[r, t], divided by the number of
-    such tokens; NaN when there is none (the scheduler then keeps tau and counts an invalid entropy).
-    """
-    rows = list(zip(values.unbind(), mask.unbind()))
-    tags = tags if tags is not None else [{} for _ in rows]
-    if len(tags) != len(rows):
-        raise ValueError(f"{len(rows)} rows but {len(tags)} tags")
-    total, count = 0.0, 0.0
-    for (v, m), tag in zip(rows, tags):
-        if tag.get("is_padding", False):
-            continue
-        m = m.to(torch.float64)
-        total += float((v.to(torch.float64) * m).sum())
-        count += float(m.sum())
-    return total / count if count > 0 else float("nan")
-
-
 def save_controller_state(folder: str, state: dict) -> str:
     """Write ``folder/e3_controller.pt`` atomically (``e3.io.atomic_path``); returns the path."""
     path = os.path.join(folder, CONTROLLER_FILE)
@@ -319,9 +345,11 @@ def load_controller_state(folder: str) -> dict:
     return state
 
 
-@register_trainer(TRAINER_NAME)
-class E3Trainer(PPOTrainerSync):
-    """verl's sync trainer driven by ``e3.controller.E3Controller`` (see the module docstring)."""
+class E3TrainerMixin:
+    """The E3 decisions and observations on verl's v1 ``PPOTrainer`` hooks (see the module docstring), for a verl
+    trainer class after it in the bases: ``E3Trainer`` (verl's sync trainer) and
+    ``e3.engines.verl.trainer_async.E3ColocateAsyncTrainer`` (its colocate_async trainer), which overrides the
+    extension points ``_pop_evicted``, ``_scheduler_entropy``, ``_trained_budgets`` and ``_trained_metrics``."""
 
     def __init__(self, config):
         check_verl_internals()
@@ -336,17 +364,6 @@ class E3Trainer(PPOTrainerSync):
         self._refilled = 0
         self._refill_total: int | None = None
         super().__init__(config)
-
-    # verl branches on ``trainer_mode == "sync"`` (replay buffer, refill, TransferQueue checkpoints). The registry
-    # name ``e3`` only selects this class; every step is a verl sync step.
-    @property
-    def trainer_mode(self) -> str:
-        return "sync"
-
-    @trainer_mode.setter
-    def trainer_mode(self, value: str) -> None:
-        if value not in (TRAINER_NAME, "sync"):
-            raise ValueError(f"E3Trainer runs verl's sync mode; got trainer.v1.trainer_mode={value!r}")
 
     # ------------------------------------------------------------------ setup
     def _init_dataloader(self):
@@ -390,16 +407,17 @@ class E3Trainer(PPOTrainerSync):
         return batch
 
     def _add_prompts_to_generate(self, num_prompts: int) -> int:
-        """verl's refill (failed groups; DAPO's filter): replacements inherit the budget of the evicted prompts.
+        """verl's refill (failed groups; DAPO's filter; colocate_async: stale groups): replacements inherit the
+        budget of the evicted prompts.
 
-        The evicted prompts are this step's dispatched prompts whose keys verl's replay buffer has cleared from
-        TransferQueue. When their freed budget fits ``num_prompts`` replacements within the current bounds
-        [n_min, n_max], E3 Alg. 1 splits it over them (one replacement gets exactly the evicted prompt's n_i);
-        otherwise (e.g. DAPO asking for twice the evicted count) the replacements are planned as a fresh batch.
+        The evicted prompts are the dispatched prompts (sync: this step's; colocate_async: any still in flight) whose
+        keys verl's replay buffer has cleared from TransferQueue (``_pop_evicted``). When their freed budget fits
+        ``num_prompts`` replacements within the current bounds [n_min, n_max], E3 Alg. 1 splits it over them (one
+        replacement gets exactly the evicted prompt's n_i); otherwise (e.g. DAPO asking for twice the evicted count,
+        or colocate_async's warm-up, which evicts nothing) the replacements are planned as a fresh batch.
         """
         live = (tq.kv_list("train") or {}).get("train", {})
-        evicted = [uid for uid in self._budgets if uid not in live]
-        freed = sum(self._budgets.pop(uid) for uid in evicted)
+        freed = sum(self._pop_evicted(live))
         schedule = self.controller.allocator.schedule
         fits = num_prompts * schedule.n_min <= freed <= num_prompts * schedule.n_max
         self._refill_total = freed if fits else None
@@ -408,6 +426,10 @@ class E3Trainer(PPOTrainerSync):
             return super()._add_prompts_to_generate(num_prompts)
         finally:
             self._refill_total = None
+
+    def _pop_evicted(self, live) -> list[int]:
+        """Forget the dispatched prompts whose keys verl has cleared from TransferQueue; their budgets n_i."""
+        return [self._budgets.pop(uid) for uid in [u for u in self._budgets if u not in live]]
 
     def _paced_batch(self, num_prompts: int) -> TensorDict:
         """PREPO offline curriculum: the prompts of the paced window (dataset scored once, sorted by perplexity)."""
@@ -426,10 +448,14 @@ class E3Trainer(PPOTrainerSync):
         if corr is not None and corr.get("bypass_mode", False):  # no old-log-prob pass: no entropy field
             self._step_entropy = float("nan")
             return batch
+        self._step_entropy = self._scheduler_entropy(batch)
+        return batch
+
+    def _scheduler_entropy(self, batch) -> float:
+        """H_t for the scheduler: the token mean of the ``entropy`` field over the step's real rollouts."""
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
                                select_fields=["entropy", "response_mask"])
-        self._step_entropy = response_token_mean(data["entropy"], data["response_mask"], batch.tags)
-        return batch
+        return response_token_mean(data["entropy"], data["response_mask"], batch.tags)
 
     def _compute_advantage(self, batch, metrics: dict):
         batch = super()._compute_advantage(batch, metrics)
@@ -454,14 +480,24 @@ class E3Trainer(PPOTrainerSync):
         adv = self.controller.advantages(scores, indices, entropies=entropies, lengths=lengths, group_ids=uids,
                                          kl_terms=kl_terms)
         self._e3_metrics = self.controller.observe(indices, scores, self._step_entropy)
-        if self._refilled:  # the allocator's last plan is the refill's; report the whole step's budgets
-            self._e3_metrics.update(budget_metrics(self._budgets.values()))
-        self._e3_metrics.update(trained_budget_metrics(self._budgets, uids))
-        self._e3_metrics["rollout/refilled_prompts"] = self._refilled
+        self._e3_metrics.update(self._trained_metrics(uids))
 
         per_row = broadcast_to_tokens(scatter_to_rows(adv, sessions), mask)
         out = TensorDict({"advantages": per_row, "returns": per_row.clone()}, batch_size=len(batch))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
+
+    def _trained_metrics(self, uids: list[str]) -> dict:
+        """The step's budgets as dispatched and as trained; ``uids``: the uid of each trained rollout."""
+        out = {}
+        if self._refilled:  # the allocator's last plan is the refill's; report the whole step's budgets
+            out.update(budget_metrics(self._budgets.values()))
+        out.update(trained_budget_metrics(self._trained_budgets(), uids))
+        out["rollout/refilled_prompts"] = self._refilled
+        return out
+
+    def _trained_budgets(self) -> dict[str, int]:
+        """uid -> n_i of the groups the step trains (sync: the step's dispatched prompts still in the step)."""
+        return self._budgets
 
     def step(self, metrics: dict, timing_raw: dict):
         batch = super().step(metrics, timing_raw)
@@ -514,3 +550,28 @@ class E3Trainer(PPOTrainerSync):
         self.e3_load_state_dict(state)
         logger.info("e3 controller restored from %s (step %d, tau=%.4f)", folder, self.controller.step,
                     self.controller.temperature)
+
+
+def verl_mode_property(name: str) -> property:
+    """``trainer_mode`` for the E3 trainer registered as ``name``: verl's ``PPOTrainer.__init__`` sets it from
+    ``trainer.v1.trainer_mode`` (the registry name, which only selects the class) and branches on what it reads back,
+    so it reads back the verl mode the class runs (``E3_TRAINERS``)."""
+    mode = E3_TRAINERS[name]
+
+    def get(self) -> str:
+        return mode
+
+    def set(self, value: str) -> None:
+        if value not in (name, mode):
+            raise ValueError(f"the {name} trainer runs verl's {mode} mode; got trainer.v1.trainer_mode={value!r}")
+
+    return property(get, set)
+
+
+@register_trainer(TRAINER_NAME)
+class E3Trainer(E3TrainerMixin, PPOTrainerSync):
+    """verl's sync trainer driven by ``e3.controller.E3Controller`` (see the module docstring)."""
+
+    # verl branches on ``trainer_mode == "sync"`` (replay buffer, refill, TransferQueue checkpoints); every step is a
+    # verl sync step
+    trainer_mode = verl_mode_property(TRAINER_NAME)
