@@ -15,7 +15,7 @@ from e3.engines.verl.configs import CONFIG_DIR
 
 PAPER = ["e3_r1_1.5b", "e3_r1_7b"]
 ONE_GPU = ["e3_r1_1.5b_1gpu"]
-CPU = ["verl_cpu_grpo", "verl_cpu_tiny"]  # verl on the CPU: test_verl_cpu_plugin.py and tests/e2e/
+CPU = ["verl_cpu_grpo", "verl_cpu_tiny", "verl_cpu_tiny_async"]  # verl on the CPU: test_verl_cpu_plugin.py and tests/e2e/
 ABLATIONS = {"e3_r1_1.5b_grpo": (False, False, False), "e3_r1_1.5b_ts": (False, True, False),
              "e3_r1_1.5b_ts_an": (False, True, True), "e3_r1_1.5b_dr": (True, False, False)}
 
