@@ -25,18 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from e3.engines.verl.cpu.tiny import training_steps
 from e3.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 
 B, N, VOCAB = 8, 8, 16  # prompts per step, rollout.n, the character vocabulary
-
-
-def metrics_by_step(run: Path) -> dict[int, dict]:
-    steps: dict[int, dict] = {}
-    for rec in read_jsonl(run / "metrics.jsonl"):
-        steps.setdefault(int(rec["step"]), {}).update(rec["data"])
-    return {s: m for s, m in steps.items() if "rollout/n_total" in m}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def runs(tmp_path_factory):
         requests = read_jsonl(run / "requests.jsonl")
         for r in requests:
             r["prompt"] = tok.decode(r["prompt_ids"])
-        out[name] = {"dir": run, "metrics": metrics_by_step(run), "requests": requests}
+        out[name] = {"dir": run, "metrics": training_steps(run), "requests": requests}
     import pandas as pd
 
     rows = pd.read_parquet(Path(assets["data_dir"]) / "train.parquet")

@@ -18,18 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from e3.engines.verl.cpu.tiny import training_steps
 from e3.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 
 B, N, STEPS = 8, 8, 6
-
-
-def metrics_by_step(run: Path) -> dict[int, dict]:
-    steps: dict[int, dict] = {}
-    for rec in read_jsonl(run / "metrics.jsonl"):
-        steps.setdefault(int(rec["step"]), {}).update(rec["data"])
-    return {s: m for s, m in steps.items() if "rollout/n_total" in m}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +32,7 @@ def runs(tmp_path_factory):
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("verl_cpu_async_runs.py")), str(root)],
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, f"runs failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return {name: {"dir": root / name, "metrics": metrics_by_step(root / name),
+    return {name: {"dir": root / name, "metrics": training_steps(root / name),
                    "requests": read_jsonl(root / name / "requests.jsonl")} for name in ("a", "b")}
 
 

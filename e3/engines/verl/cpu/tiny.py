@@ -213,6 +213,11 @@ def read_metrics(path: str) -> dict[int, dict]:
     return steps
 
 
+def training_steps(run_dir) -> dict[int, dict]:
+    """A run's metrics per training step (the steps that logged the controller's metrics), from ``metrics.jsonl``."""
+    return {s: m for s, m in read_metrics(os.path.join(run_dir, "metrics.jsonl")).items() if "rollout/n_total" in m}
+
+
 def summary(run_dir: str) -> str:
     """A few lines on the run: steps, reward, tau, entropy, budgets, validation accuracy, where things are."""
     steps = read_metrics(os.path.join(run_dir, "metrics.jsonl"))
