@@ -17,7 +17,12 @@ finished rollouts every 2 s (``ReplayBuffer.poll_interval``, not configurable), 
 weight sync) are where the two trainers differ. Runs alternate stock, e3, stock, e3, ... (``--repeats``), each on
 a fresh Ray cluster in this process, so drift in the machine's load falls on both. Target: ratio <= 1.05.
 
-``python bench/verl_overhead.py [--quick] [--steps 16] [--skip 2] [--repeats 2] [--out FILE]``
+With ``--async`` the cycle also runs verl's ``colocate_async`` trainer (``verl_cpu_tiny_async``: one batch in flight
+ahead of the one trained), stock (``stock_async``) and with E3 (``e3_async``, trainer ``e3_colocate_async``), and a
+second table gives each trainer's median step, rollouts per second (64 per step) and verl's mean trajectory
+staleness (weight versions between sampling and training).
+
+``python bench/verl_overhead.py [--quick] [--async] [--steps 16] [--skip 2] [--repeats 2] [--out FILE]``
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ from e3.io import read_jsonl  # noqa: E402
 PHASES = ("gen", "old_log_prob", "adv", "update_actor", "update_weights")
 TARGET = 1.05
 STOCK = ["trainer.v1.trainer_mode=sync", "actor_rollout_ref.rollout.agent.agent_loop_manager_class=null"]
+# name -> (config, overrides, E3): the sync pair, and with --async verl's colocate_async trainer with and without E3
+RUNS = {"stock": ("verl_cpu_tiny", STOCK, False), "e3": ("verl_cpu_tiny", [], True),
+        "stock_async": ("verl_cpu_tiny_async", ["trainer.v1.trainer_mode=colocate_async",
+                                                "actor_rollout_ref.rollout.agent.agent_loop_manager_class=null"], False),
+        "e3_async": ("verl_cpu_tiny_async", [], True)}
+ROLLOUTS_PER_STEP = 64  # 8 prompts x n = 8 (sum n_i under E3)
 
 
 def overrides(run_dir: Path, steps: int) -> list[str]:
@@ -53,14 +64,15 @@ def run_one(name: str, run_dir: Path, steps: int) -> Path:
     from e3.engines.verl.configs import compose
     from e3.engines.verl.launch import prepare_cpu, run
 
-    if name == "e3":
-        run(compose("verl_cpu_tiny", overrides(run_dir, steps)))
+    config_name, extra, with_e3 = RUNS[name]
+    if with_e3:
+        run(compose(config_name, overrides(run_dir, steps)))
     else:
         from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
         from verl.trainer.ppo.utils import need_critic, need_reference_policy
         from verl.utils.config import validate_config
 
-        config = compose("verl_cpu_tiny", overrides(run_dir, steps) + STOCK)
+        config = compose(config_name, overrides(run_dir, steps) + extra)
         prepare_cpu(config)
         validate_config(config=config, use_reference_policy=need_reference_policy(config),
                         use_critic=need_critic(config))
@@ -89,6 +101,9 @@ def summarise(name: str, repeat: int, records: list[dict], skip: int) -> dict:
             "phases_median_s": {p: float(np.median([r.get(f"timing_s/{p}", np.nan) for r in kept])) for p in PHASES},
             "tokens_mean": float(np.mean([r.get("perf/total_num_tokens", np.nan) for r in kept])),
             "reward_mean": float(np.mean([r.get("critic/score/mean", np.nan) for r in kept])),
+            "rollouts_per_s": ROLLOUTS_PER_STEP / float(np.median(step)),
+            "staleness_mean": float(np.mean([r.get("training/off_policy/trajectory_staleness/mean", np.nan)
+                                             for r in kept])),
             "controller_metrics": all("rollout/n_total" in r for r in records)}  # True only under the e3 trainer
 
 
@@ -99,7 +114,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--skip", type=int, default=2, help="warm-up steps dropped from each run")
     ap.add_argument("--repeats", type=int, default=2, help="stock/e3 pairs, alternating")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "verl_overhead.json")
+    ap.add_argument("--async", dest="asynchronous", action="store_true",
+                    help="also verl's colocate_async trainer, stock and with E3 (e3_colocate_async), beside sync E3")
     args = ap.parse_args(argv)
+    names = ("stock", "e3", "stock_async", "e3_async") if args.asynchronous else ("stock", "e3")
     if args.quick:
         args.steps, args.skip, args.repeats = 3, 1, 1
     if args.skip >= args.steps:
@@ -109,7 +127,7 @@ def main(argv=None) -> dict:
     runs = []
     with tempfile.TemporaryDirectory(prefix="verl_overhead_") as tmp:
         for repeat in range(args.repeats):
-            for name in ("stock", "e3"):
+            for name in names:
                 run_dir = run_one(name, Path(tmp) / f"{name}_{repeat}", args.steps)
                 runs.append(summarise(name, repeat, step_records(run_dir), args.skip))
                 print(f"[verl_overhead] {name} #{repeat}: median step {runs[-1]['median_s']:.3f} s over "
@@ -141,6 +159,11 @@ def main(argv=None) -> dict:
           f"the rollout phase {summary['ratio_without_gen']:.3f}; e3 spends {summary['extra_s_per_step']:+.3f} s "
           "per step (medians)")
     print(f"summary: e3 / stock verl GRPO step time ratio {summary['ratio_median']:.3f} (median; target <= {TARGET})")
+    if args.asynchronous:
+        modes = [[name, f"{np.median([r['median_s'] for r in runs if r['name'] == name]):.3f}",
+                  f"{np.median([r['rollouts_per_s'] for r in runs if r['name'] == name]):.1f}",
+                  f"{np.nanmean([r['staleness_mean'] for r in runs if r['name'] == name]):.2f}"] for name in names]
+        print(table(["trainer", "step median s", "rollouts/s", "staleness (mean, versions)"], modes))
     return result
 
 
