@@ -8,9 +8,9 @@ partial batch dropped). Outcomes are Bernoulli(p_i) (common random numbers acros
 prompt whose group was mixed gains p <- p + R (1 - p) n_i / 8. Each policy sees only its own records (through
 ``e3.allocation.allocator.RolloutAllocator``, exactly as the engines run it), never p.
 
-Policies: ``uniform`` (8 each), then every ``--policies`` entry (default e3, informative, knapsack; any registered
-name or ``module.path:Class`` works unchanged) at caps [4,12] (E3's paper), [2,32] and [2,128] (Knapsack RL's range),
-with the schedule 8 -> ... -> [lo, hi] (paper: n_update 2, 8 / [6,10] / [4,12]; wider caps use the n_update that
+Policies: ``uniform`` (8 each), then every ``--policies`` entry (default e3, informative, knapsack, vip: VIP,
+arXiv 2602.01601; any registered name or ``module.path:Class`` works unchanged) at caps [4,12] (E3's paper), [2,32]
+and [2,128] (Knapsack RL's range), with the schedule 8 -> ... -> [lo, hi] (paper: n_update 2, 8 / [6,10] / [4,12]; wider caps use the n_update that
 reaches them by the last epoch), plus ``oracle``: the informative optimiser fed the true p (a ceiling for the
 mixed-rollout share, not a policy).
 
@@ -22,9 +22,13 @@ Metrics per step, reported on the epochs where each schedule's caps are at their
   * ``signal``: gradient-signal proxy, sum over groups of n_g x var_g (var_g = s_g (1 - s_g), the group's reward
     variance; zero for unanimous groups) divided by the step's rollouts: the mean squared advantage per rollout
     before GRPO's division by the group std;
-  * ``expected_informative``: the informative share expected under the true p.
+  * ``expected_informative``: the informative share expected under the true p;
+  * ``variance``: VIP's objective (arXiv 2602.01601) under the true p, the mean over prompts of p (1 - p) / (n - 1)
+    (the per-prompt gradient variance of RLOO up to a common factor; lower is better).
 Solver latency: the median time of one ``allocate`` call per policy and caps for batches of B = 64 and B = 512 drawn
-from |D| = 40,000 prompts whose records all exist (one group of 8 each), on this machine.
+from |D| = 40,000 prompts whose records all exist (one group of 8 each), on this machine; beside the informative
+policy, ``informative-dp``: the same records solved by the reference DP (``allocate_max_separable_dp``), which
+gives the same allocation.
 """
 
 from __future__ import annotations
@@ -40,20 +44,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from e3.allocation.allocator import RolloutAllocator, RolloutSchedule  # noqa: E402
-from e3.allocation.informative import allocate_for_pass_rates, informative_fraction  # noqa: E402
+from e3.allocation.informative import (  # noqa: E402
+    allocate_for_pass_rates,
+    allocate_informative,
+    informative_fraction,
+    posterior_table,
+)
+from e3.allocation.separable import allocate_max_separable_dp  # noqa: E402
 from e3.io import atomic_write_json  # noqa: E402
 from e3.metrics import group_stats  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "e3" / "all_data.parquet"
 BATCH, G = 64, 8
 CAPS = ((4, 12), (2, 32), (2, 128))
-DEFAULT_POLICIES = ("e3", "informative", "knapsack")
-METRICS = ("informative", "nonzero_groups", "all_wrong", "all_correct", "signal", "expected_informative")
+DEFAULT_POLICIES = ("e3", "informative", "knapsack", "vip")
+METRICS = ("informative", "nonzero_groups", "all_wrong", "all_correct", "signal", "expected_informative", "variance")
 LABELS = {"informative": "share of rollouts in mixed groups", "nonzero_groups": "share of groups with a non-zero "
           "gradient", "all_wrong": "all-wrong group share", "all_correct": "all-correct group share",
           "signal": "gradient-signal proxy (sum n x var / rollouts)",
-          "expected_informative": "expected mixed-rollout share under the true p"}
-LOWER_IS_BETTER = ("all_wrong", "all_correct")
+          "expected_informative": "expected mixed-rollout share under the true p",
+          "variance": "VIP objective (mean p(1-p)/(n-1) under the true p)"}
+LOWER_IS_BETTER = ("all_wrong", "all_correct", "variance")
 LATENCY_SIZES, LATENCY_DATASET = (64, 512), 40_000
 PAPER_NONZERO_GAIN = (0.20, 0.40)  # Knapsack RL: +20-40 % effective-gradient ratio over uniform
 SYNTHETIC = ((0.3, 0.4, 4.0), (0.4, 2.0, 2.0), (0.3, 4.0, 0.4))  # (weight, a, b) of a Beta mixture
@@ -119,7 +130,8 @@ def step_metrics(success: np.ndarray, n: np.ndarray, groups: np.ndarray, p: np.n
     return {"informative": stats["informative_rollouts"], "nonzero_groups": stats["informative_groups"],
             "all_wrong": stats["all_wrong"], "all_correct": stats["all_correct"],
             "signal": float((n * rate * (1 - rate)).sum() / n.sum()),
-            "expected_informative": informative_fraction(n, p)}
+            "expected_informative": informative_fraction(n, p),
+            "variance": float(np.mean(p * (1 - p) / (n - 1.0)))}
 
 
 def simulate(p_true, cfg, seed, epochs, orders, uniforms, improve) -> list[dict]:
@@ -201,31 +213,47 @@ def solver_latency(pool, specs, sizes=LATENCY_SIZES, dataset=LATENCY_DATASET, re
     """Median seconds of one ``allocate`` call per policy x caps x batch size, |D| = ``dataset`` prompts with records.
 
     Every prompt has one group of 8 Bernoulli(p) outcomes in the allocator's records and the tracker has ranked all
-    of them once (E3's epoch end), so each policy looks up real records; ``oracle`` times the DP on the true p.
+    of them once (E3's epoch end), so each policy looks up real records; ``oracle`` times the exact solver on the
+    true p; ``informative-dp`` (beside ``informative``) the reference DP on the same records, and checks that both
+    give the same allocation (``agrees``).
     """
     rng = np.random.default_rng([seed, 3])
     p = pool[rng.integers(0, pool.size, dataset)]
     everyone = np.arange(dataset)
     outcomes = (rng.random((dataset, G)) < p[:, None]).astype(np.float64).ravel()
     batches = {b: [rng.choice(dataset, b, replace=False) for _ in range(reps)] for b in sizes}
+    names = ["uniform", *specs, "oracle"]
+    if "informative" in specs:
+        names.insert(names.index("informative") + 1, "informative-dp")
     out = []
-    for spec in ["uniform", *specs, "oracle"]:
-        alloc = RolloutAllocator(G, "uniform" if spec == "oracle" else spec, n_update=0, n_low=2, n_high=G)
+    for spec in names:
+        alloc = RolloutAllocator(G, "uniform" if spec in ("oracle", "informative-dp") else spec, n_update=0, n_low=2,
+                                 n_high=G)
         alloc.observe(np.repeat(everyone, G), outcomes)
         alloc.end_epoch(everyone)
         for lo, hi in CAPS:
             alloc.schedule.n_min, alloc.schedule.n_max = lo, hi
             for b in sizes:
-                times = []
+                times, agrees = [], True
                 for idx in batches[b]:
+                    if spec == "informative-dp":
+                        c = alloc.tracker.counts(idx).astype(np.float64)
+                        s = np.where(c > 0, np.clip(alloc.tracker.accuracy(idx), 0.0, 1.0) * c, 0.0)
                     t0 = time.perf_counter()
                     if spec == "oracle":
                         allocate_for_pass_rates(p[idx], b * G, lo, hi)
+                    elif spec == "informative-dp":
+                        n = allocate_max_separable_dp(posterior_table(s, c, lo, hi), b * G, lo, hi)
                     else:
                         alloc.allocate(idx, b * G)
                     times.append(time.perf_counter() - t0)
-                out.append({"policy": spec, "caps": [lo, hi], "batch": b, "dataset": dataset,
-                            "median_s": float(np.median(times)), "max_s": float(np.max(times)), "reps": len(times)})
+                    if spec == "informative-dp":
+                        agrees &= bool(np.array_equal(n, allocate_informative(s, c, b * G, lo, hi)))
+                row = {"policy": spec, "caps": [lo, hi], "batch": b, "dataset": dataset,
+                       "median_s": float(np.median(times)), "max_s": float(np.max(times)), "reps": len(times)}
+                if spec == "informative-dp":
+                    row["agrees"] = agrees
+                out.append(row)
     return out
 
 
@@ -246,13 +274,15 @@ def _caps(c) -> str:
 def format_table(rows) -> str:
     """Values (mean±std over seeds, widest epochs) and per-seed ratios to uniform (mean)."""
     w = max(12, max(len(r["policy"]) for r in rows) + 1)
-    cols = [("informative", "mixed rollouts"), ("nonzero_groups", "non-zero groups"), ("all_wrong", "all-wrong"),
-            ("all_correct", "all-correct"), ("signal", "signal proxy")]
-    head = f"{'policy':<{w}} {'caps':<8} {'epochs':<7}" + "".join(f" {t:<19}" for _, t in cols) + " E[mixed] x unif"
+    cols = [("informative", "mixed rollouts", 3), ("nonzero_groups", "non-zero groups", 3),
+            ("all_wrong", "all-wrong", 3), ("all_correct", "all-correct", 3), ("signal", "signal proxy", 3),
+            ("variance", "VIP variance", 4)]
+    head = (f"{'policy':<{w}} {'caps':<8} {'epochs':<7}" + "".join(f" {t:<{17 + 2 * d}}" for _, t, d in cols)
+            + " E[mixed] x unif")
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = "".join(f" {r['widest'][m]['mean']:.3f}±{r['widest'][m]['std']:.3f} x{r['ratio'][m]['mean']:<5.2f}"
-                        for m, _ in cols)
+        cells = "".join(f" {r['widest'][m]['mean']:.{d}f}±{r['widest'][m]['std']:.{d}f} x{r['ratio'][m]['mean']:<5.2f}"
+                        for m, _, d in cols)
         lines.append(f"{r['policy']:<{w}} {_caps(r['caps']):<8} {','.join(map(str, r['measured_epochs'])):<7}"
                      f"{cells} {r['ratio']['expected_informative']['mean']:.2f}")
     return "\n".join(lines)
@@ -306,12 +336,28 @@ def summary_lines(rows, lat, solvable=None) -> tuple[list[str], dict]:
                          f"0 < p < 1 = {ceiling:.2f}x uniform's share (no allocation can mix the others' groups)")
         lines.append(f"knapsack vs uniform at {', '.join(_caps(c) for c in knap)} (paper: +{lo * 100:.0f} to "
                      f"+{hi * 100:.0f} % effective-gradient ratio; verdict at {_caps(CAPS[-1])}): " + "; ".join(parts))
+    vip = {tuple(r["caps"]): r for r in rows if r["policy"] == "vip"}
+    if vip:
+        what = (("variance", "VIP objective"), ("informative", "rollouts in mixed groups"), ("signal", "signal proxy"))
+        out["vip_vs_uniform"] = {m: {_caps(c): r["ratio"][m]["mean"] for c, r in vip.items()} for m, _ in what}
+        lines.append(f"vip vs uniform at {', '.join(_caps(c) for c in vip)}: " + "; ".join(
+            f"{label} " + ", ".join(f"x{r['ratio'][m]['mean']:.2f}" for r in vip.values()) for m, label in what))
     if lat:
         b = max(x["batch"] for x in lat)
-        big = [x for x in lat if x["batch"] == b and tuple(x["caps"]) == CAPS[-1]]
+        big = [x for x in lat if x["batch"] == b and tuple(x["caps"]) == CAPS[-1] and x["policy"] != "informative-dp"]
         lines.append(f"solver latency per step at B = {b}, caps {_caps(CAPS[-1])}, |D| = "
                      f"{lat[0]['dataset']:,}: " + ", ".join(f"{x['policy']} {x['median_s'] * 1e3:.1f} ms" for x in big)
                      + f"; slowest {max(big, key=lambda x: x['median_s'])['policy']}")
+        dp = {(tuple(x["caps"]), x["batch"]): x for x in lat if x["policy"] == "informative-dp"}
+        fast = {(tuple(x["caps"]), x["batch"]): x for x in lat if x["policy"] == "informative"}
+        if dp and fast:
+            key = (CAPS[-1], b)
+            ratio = dp[key]["median_s"] / fast[key]["median_s"]
+            same = all(x["agrees"] for x in dp.values())
+            out["informative_vs_dp"] = {"ratio": ratio, "agrees": same}
+            lines.append(f"informative at B = {b}, caps {_caps(CAPS[-1])}: exact solver "
+                         f"{fast[key]['median_s'] * 1e3:.1f} ms vs its reference DP {dp[key]['median_s'] * 1e3:.1f} ms = {ratio:.0f}x faster; same "
+                         f"allocations in every timed call: {'yes' if same else 'NO'}")
     return lines, out
 
 

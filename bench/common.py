@@ -23,7 +23,8 @@ CONFIG_DIR = Path(PACKAGE_CONFIG_DIR)
 
 # name -> (overlay shipped in e3/config/local, extra dotted overrides). "informative" swaps E3's rank rule for the
 # informative-rollout allocator inside full E3 (temperature + annealing on); "dr_informative" does so inside DR only;
-# "knapsack" swaps in Knapsack RL's allocator (arXiv 2509.25849) inside full E3, same schedule and budget.
+# "knapsack" swaps in Knapsack RL's allocator (arXiv 2509.25849) inside full E3, same schedule and budget; "vip" does
+# so with VIP's variance-minimising allocator (arXiv 2602.01601).
 CONFIGS = {
     "grpo": ("grpo.yaml", []),
     "ts": ("ts.yaml", []),
@@ -35,6 +36,7 @@ CONFIGS = {
     "informative": ("e3.yaml", ["e3.allocation.policy=informative"]),
     "dr_informative": ("dr.yaml", ["e3.allocation.policy=informative"]),
     "knapsack": ("e3.yaml", ["e3.allocation.policy=knapsack"]),
+    "vip": ("e3.yaml", ["e3.allocation.policy=vip"]),
 }
 
 

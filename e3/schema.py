@@ -147,8 +147,8 @@ class AllocationConfig:
     enable: bool = True
     """Dynamic rollout (DR). Off: every prompt gets exactly ``rollout.n`` samples."""
     policy: str = checked("e3", NonEmpty())
-    """``e3`` (rank-proportional, Alg. 1), ``informative``, ``knapsack``, ``uniform``, or ``module.path:ClassName``
-    (see ``e3.allocation.policy``); resolved when the allocator is built."""
+    """``e3`` (rank-proportional, Alg. 1), ``informative``, ``knapsack``, ``vip``, ``uniform``, or
+    ``module.path:ClassName`` (see ``e3.allocation.policy``); resolved when the allocator is built."""
     n_update: int = checked(2, Range(ge=0))
     """After each epoch n_min -= n_update and n_max += n_update (within [n_low, n_high])."""
     n_low: int = checked(4, Range(ge=2, why="a group of one has no baseline"))

@@ -1,10 +1,11 @@
 """Which allocation policy ``e3.allocation.policy`` selects: the name -> class table and its lookups.
 
-A value of ``e3.allocation.policy`` is either a registered name -- the project's four policies, named in
+A value of ``e3.allocation.policy`` is either a registered name -- the project's five policies, named in
 ``_REGISTRY`` below (``e3``: E3 Alg. 1, arXiv 2505.18573; ``uniform``; ``informative``; ``knapsack``: Knapsack RL,
-arXiv 2509.25849), or any name given to ``register_policy`` -- or ``module.path:Attribute`` naming an
-``AllocationPolicy`` subclass (or a function, see ``e3.allocation.policy``) in a user's module, imported on use, so
-a module on ``sys.path`` needs no change to this project. The policy modules do not import this one.
+arXiv 2509.25849; ``vip``: VIP, arXiv 2602.01601), or any name given to ``register_policy`` -- or
+``module.path:Attribute`` naming an ``AllocationPolicy`` subclass (or a function, see ``e3.allocation.policy``) in a
+user's module, imported on use, so a module on ``sys.path`` needs no change to this project. The policy modules do
+not import this one.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from e3.allocation.informative import InformativePolicy
 from e3.allocation.knapsack import KnapsackPolicy
 from e3.allocation.policy import CONFIG_KEY, AllocationPolicy, FunctionPolicy
 from e3.allocation.uniform import UniformPolicy
+from e3.allocation.vip import VIPPolicy
 
 _REGISTRY: dict[str, type] = {
     "e3": E3Policy,
     "uniform": UniformPolicy,
     "informative": InformativePolicy,
     "knapsack": KnapsackPolicy,
+    "vip": VIPPolicy,
 }
 
 

@@ -1,4 +1,5 @@
-"""End to end: a user's own allocation policy and the knapsack policy drive real local-engine training steps.
+"""End to end: a user's own allocation policy and the knapsack and vip policies drive real local-engine training
+steps.
 
 The user's module is written to a temporary directory, put on ``sys.path`` and selected by config only
 (``e3.allocation.policy=user_policies:Alternating``): nothing in the project is edited or registered.
@@ -81,14 +82,20 @@ def test_a_users_policy_module_selected_by_config_drives_local_training(tmp_path
     assert state == {"name": "user_policies:Alternating", "state": {"calls": 5, "rewards_seen": 3 * 32 + 2 * 32}}
 
 
-def test_knapsack_policy_drives_local_training(tmp_path, ws_cache):
-    res = run(tiny(ws_cache, "knapsack", steps=6), run_dir=str(tmp_path / "run"), quiet=True)
+def checked_steps(res, count: int) -> list[dict]:
+    """The run's training steps, each budget checked: sum 32, every prompt within the step's caps."""
     steps = [m for m in res.metrics if m["step"] > 0]
-    assert len(steps) == 6
+    assert len(steps) == count
     for m in steps:
         n = m["rollout/n_hist"]
         assert m["rollout/n_total"] == sum(n) == 32 and all(m["rollout/n_min"] <= x <= m["rollout/n_max"] for x in n)
-        assert "allocation/knapsack/zero_value_prompts" in m
+    return steps
+
+
+def test_knapsack_policy_drives_local_training(tmp_path, ws_cache):
+    res = run(tiny(ws_cache, "knapsack", steps=6), run_dir=str(tmp_path / "run"), quiet=True)
+    steps = checked_steps(res, 6)
+    assert all("allocation/knapsack/zero_value_prompts" in m for m in steps)
     later = steps[3:]  # every prompt has a record after epoch 1 (3 steps x 8 = all 24 prompts)
     assert all(m["allocation/knapsack/unseen_prompts"] == 0.0 for m in later)
     assert any(len(set(m["rollout/n_hist"])) > 1 for m in later)
@@ -100,3 +107,12 @@ def test_knapsack_policy_drives_local_training(tmp_path, ws_cache):
             assert sorted(m["rollout/n_hist"])[:zero] == [2] * zero
     records = ckpt.load(res.checkpoint)["controller"]["allocator"]["policy"]
     assert records["name"] == "knapsack" and sorted(records["state"]["keys"]) == list(range(24))
+
+
+def test_vip_policy_drives_local_training(tmp_path, ws_cache):
+    res = run(tiny(ws_cache, "vip", steps=6), run_dir=str(tmp_path / "run"), quiet=True)
+    for m in checked_steps(res, 6):  # its budgets never do worse on its own objective than the even split
+        assert 0 < m["allocation/vip/variance_vs_even"] <= 1 + 1e-12 and m["allocation/vip/mean_weight"] > 0
+    records = ckpt.load(res.checkpoint)["controller"]["allocator"]
+    assert records["policy"] == {"name": "vip", "state": {}}  # it reads the tracker, checkpointed beside it
+    assert len(records["tracker"]["keys"]) == 24

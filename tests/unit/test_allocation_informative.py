@@ -12,7 +12,6 @@ from e3.allocation.allocator import RolloutAllocator
 from e3.allocation.informative import (
     allocate_for_pass_rates,
     allocate_informative,
-    allocate_max_separable,
     expected_informative,
     informative_fraction,
     pass_rate_table,
@@ -20,6 +19,7 @@ from e3.allocation.informative import (
 )
 from e3.allocation.policy import check_budget
 from e3.allocation.registry import registered_policies
+from e3.allocation.separable import allocate_max_separable
 from e3.schema import E3Config
 
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from e3.allocation.allocator import DifficultyTracker, RolloutAllocator
-from e3.allocation.informative import allocate_max_separable
 from e3.allocation.knapsack import KnapsackPolicy, allocate_knapsack, info_gain
+from e3.allocation.separable import allocate_max_separable_dp
 from roundtrip import torch_roundtrip  # noqa: E402  (tests/ on sys.path, as in test_allocation.py)
 
 
@@ -94,7 +94,7 @@ def test_agrees_with_the_general_dp_on_batches_of_64(caps):
         p[rng.random(64) < 0.25] = 0.0
         p[rng.random(64) < 0.25] = 1.0
         n = allocate_knapsack(p, 64 * 8, lo, hi)
-        dp = allocate_max_separable(value_table(p, lo, hi), 64 * 8, lo, hi)
+        dp = allocate_max_separable_dp(value_table(p, lo, hi), 64 * 8, lo, hi)
         assert objective(p, n) == pytest.approx(objective(p, dp), rel=1e-12)
 
 

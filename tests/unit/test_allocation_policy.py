@@ -17,6 +17,7 @@ from e3.allocation.knapsack import KnapsackPolicy
 from e3.allocation.policy import AllocationPolicy, check_allocation
 from e3.allocation.registry import build_policy, register_policy, registered_policies, resolve_policy
 from e3.allocation.uniform import UniformPolicy
+from e3.allocation.vip import VIPPolicy
 from e3.schema import E3Config
 from e3.controller import E3Controller
 
@@ -95,10 +96,11 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop("my_policies", None)
 
 
-def test_the_registry_holds_the_four_built_in_policies_by_name():
-    assert registered_policies()[:4] == ["e3", "uniform", "informative", "knapsack"]
-    assert {name: resolve_policy(name) for name in registered_policies()[:4]} == {
-        "e3": E3Policy, "uniform": UniformPolicy, "informative": InformativePolicy, "knapsack": KnapsackPolicy}
+def test_the_registry_holds_the_five_built_in_policies_by_name():
+    assert registered_policies()[:5] == ["e3", "uniform", "informative", "knapsack", "vip"]
+    assert {name: resolve_policy(name) for name in registered_policies()[:5]} == {
+        "e3": E3Policy, "uniform": UniformPolicy, "informative": InformativePolicy, "knapsack": KnapsackPolicy,
+        "vip": VIPPolicy}
 
 
 def _allocation_modules_after(statement):
@@ -113,14 +115,14 @@ def _allocation_modules_after(statement):
 
 def test_the_base_module_imports_no_policy_and_no_policy_imports_the_registry():
     assert _allocation_modules_after("import e3.allocation.policy") == {"e3.allocation", "e3.allocation.policy"}
-    for name in ("uniform", "e3", "informative", "knapsack"):
+    for name in ("uniform", "e3", "informative", "knapsack", "vip", "separable"):
         loaded = _allocation_modules_after(f"import e3.allocation.{name}")
         assert not loaded & {"e3.allocation.registry", "e3.allocation.allocator"}, (name, loaded)
         if name != "e3":
             assert "e3.allocation.e3" not in loaded, (name, loaded)
     # the check sees what an import loads: the registry's explicit table pulls in every built-in policy
     assert _allocation_modules_after("import e3.allocation.registry") >= {
-        f"e3.allocation.{name}" for name in ("policy", "uniform", "e3", "informative", "knapsack")}
+        f"e3.allocation.{name}" for name in ("policy", "uniform", "e3", "informative", "knapsack", "vip")}
 
 
 def test_user_module_policy_selected_by_config(user_module):

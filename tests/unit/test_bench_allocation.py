@@ -18,7 +18,8 @@ BENCH = ROOT / "bench" / "allocation.py"
 SHARED = ROOT.parent / "shared" / "data" / "e3" / "all_data.parquet"
 LAST = re.compile(r"^best informative-rollout ratio vs uniform at \[4,12\]: (\d+\.\d\d) \(policy (\w+)\)$")
 CAPS = ((4, 12), (2, 32), (2, 128))
-METRICS = ("informative", "nonzero_groups", "all_wrong", "all_correct", "signal", "expected_informative")
+METRICS = ("informative", "nonzero_groups", "all_wrong", "all_correct", "signal", "expected_informative", "variance")
+LOWER = ("all_wrong", "all_correct", "variance")
 
 
 def load_bench():
@@ -46,24 +47,29 @@ def test_quick_run_prints_table_and_last_line(quick):
     assert float(match.group(1)) == pytest.approx(result["best_412"]["ratio"], abs=0.005)
     assert "synthetic Beta mixture" in lines[0]
     for policy, caps in [("uniform", "[8,8]"), ("e3", "[4,12]"), ("informative", "[4,12]"), ("oracle", "[2,32]"),
-                         ("knapsack", "[2,128]"), ("informative", "[2,32]")]:
+                         ("knapsack", "[2,128]"), ("informative", "[2,32]"), ("vip", "[2,128]")]:
         assert any(re.match(rf"^{policy}\s+{re.escape(caps)}\s", line) for line in lines), (policy, caps)
     # one summary line per metric, naming the best policy and matching the JSON
     for metric in METRICS:
         best = result["summary"][metric]
-        word = "lowest" if metric in ("all_wrong", "all_correct") else "best"
+        word = "lowest" if metric in LOWER else "best"
         pattern = (rf"^{word} .*: {best['value']:.3f} = {best['ratio']:.2f}x uniform \(policy {best['policy']} at "
                    rf"{re.escape(str(best['caps']).replace(' ', ''))}\)$")
         assert sum(bool(re.match(pattern, line)) for line in lines) == 1, metric
     assert any(line.startswith("knapsack vs uniform at [4,12], [2,32], [2,128]") for line in lines)
     assert any(line.startswith("solver latency per step at B = 64, caps [2,128], |D| = 40,000: uniform") for line in lines)
+    assert any(line.startswith("vip vs uniform at [4,12], [2,32], [2,128]: VIP objective x") for line in lines)
+    # the exact solver and its reference DP agree on every timed call
+    assert any(re.match(r"^informative at B = 64, caps \[2,128\]: exact solver .* ms vs its reference DP .* ms = \d+x "
+                        r"faster; same allocations in every timed call: yes$", line) for line in lines)
+    assert result["summary"]["informative_vs_dp"]["agrees"] is True
 
 
 def test_json_shape_and_uniform_baseline(quick):
     _, result = quick
     rows = result["rows"]
     keys = {(r["policy"], tuple(r["caps"])) for r in rows}
-    assert keys == {("uniform", (8, 8))} | {(p, c) for p in ("e3", "informative", "knapsack", "oracle")
+    assert keys == {("uniform", (8, 8))} | {(p, c) for p in ("e3", "informative", "knapsack", "vip", "oracle")
                                              for c in CAPS}
     for r in rows:
         assert r["schedule"][0] == [8, 8] and r["schedule"][-1] == (r["caps"] if r["policy"] != "uniform" else [8, 8])
@@ -91,8 +97,21 @@ def test_informative_policy_beats_uniform_in_expectation(quick):
         oracle = rows[("oracle", caps)]["widest"]["expected_informative"]["per_seed"]
         assert all(o >= b for o, b in zip(ours, base)), caps
         assert all(c >= o - 1e-9 for c, o in zip(oracle, ours)), caps  # the oracle optimises the true expectation
-    best = max((rows[(p, (4, 12))]["ratio"]["informative"]["mean"], p) for p in ("e3", "informative", "knapsack"))
+    best = max((rows[(p, (4, 12))]["ratio"]["informative"]["mean"], p)
+               for p in ("e3", "informative", "knapsack", "vip"))
     assert result["best_412"] == {"policy": best[1], "ratio": best[0]}
+
+
+def test_vip_lowers_its_own_objective_below_uniform(quick):
+    """VIP minimises sum p(1-p)/(n-1) with estimated p; under the true p it is still below uniform on every seed."""
+    _, result = quick
+    rows = {(r["policy"], tuple(r["caps"])): r for r in result["rows"]}
+    base = rows[("uniform", (8, 8))]["widest"]["variance"]["per_seed"]
+    for caps in CAPS:
+        ours = rows[("vip", caps)]["widest"]["variance"]["per_seed"]
+        assert all(o < b for o, b in zip(ours, base)), caps
+    ratio = rows[("vip", (4, 12))]["ratio"]["variance"]["mean"]
+    assert result["summary"]["vip_vs_uniform"]["variance"]["[4,12]"] == ratio < 1
 
 
 def test_custom_data_with_pass_rate_column(tmp_path, capsys):
@@ -139,7 +158,7 @@ def test_summary_picks_the_best_row_and_the_verdict_follows_the_numbers(quick):
     _, result = quick
     rows = [r for r in result["rows"] if r["policy"] != "oracle"]
     for metric in METRICS:
-        pick = (min if metric in ("all_wrong", "all_correct") else max)(rows, key=lambda r: r["widest"][metric]["mean"])
+        pick = (min if metric in LOWER else max)(rows, key=lambda r: r["widest"][metric]["mean"])
         assert result["summary"][metric]["value"] == pick["widest"][metric]["mean"]
     knap = {tuple(r["caps"]): r for r in result["rows"] if r["policy"] == "knapsack"}
     for metric, entry in result["summary"]["knapsack_vs_uniform"].items():
@@ -150,7 +169,8 @@ def test_summary_picks_the_best_row_and_the_verdict_follows_the_numbers(quick):
         assert entry["verdict"] == expected
     lat = result["latency"]
     assert {(x["policy"], tuple(x["caps"]), x["batch"]) for x in lat} == {
-        (p, c, 64) for p in ("uniform", "e3", "informative", "knapsack", "oracle") for c in CAPS}
+        (p, c, 64) for p in ("uniform", "e3", "informative", "informative-dp", "knapsack", "vip", "oracle")
+        for c in CAPS}
     assert all(x["dataset"] == 40_000 and x["median_s"] > 0 for x in lat)
 
 
