@@ -336,7 +336,10 @@ def _run(argv: list[str], in_process: bool, timeout: float) -> tuple[int, str]:
     import traceback
 
     assert argv[0] == "-m"
-    main = importlib.import_module(argv[1]).main
+    module = importlib.import_module(argv[1])
+    if not hasattr(module, "main"):  # a package: what `python -m` runs is its __main__
+        module = importlib.import_module(argv[1] + ".__main__")
+    main = module.main
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
         try:
